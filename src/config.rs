@@ -1,0 +1,414 @@
+//! Deployment configuration (`grantd.yaml`): parsed once at startup into typed structs.
+//!
+//! Owns `${VAR}` interpolation, defaults and the "unknown key" check. It must not touch
+//! rule files (see `rules`) or open sockets: everything here is pure data.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+/// Errors from loading the config; every message names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("config {file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the proxy listener.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory of `{integration}.yaml` rule files, relative to the config file.
+    #[serde(default = "default_rules_dir")]
+    pub rules_dir: PathBuf,
+    /// Largest response body a matching rule may buffer; larger ones pass through untouched.
+    #[serde(default = "default_max_buffered_body")]
+    pub max_buffered_body: ByteSize,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub evaluation: EvaluationConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Per-integration overrides, keyed by integration name.
+    #[serde(default)]
+    pub integrations: BTreeMap<String, IntegrationConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(with = "humantime_serde", default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Time allowed from sending the request until the response headers arrive.
+    #[serde(with = "humantime_serde", default = "default_request_timeout")]
+    pub request_timeout: Duration,
+    #[serde(with = "humantime_serde", default = "default_pool_idle_timeout")]
+    pub pool_idle_timeout: Duration,
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle_per_host: usize,
+    /// Extra PEM CA bundle trusted in addition to the webpki and native roots.
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationConfig {
+    /// Wall-clock budget for all rules on one response; past it the response passes through.
+    #[serde(with = "humantime_serde", default = "default_eval_timeout")]
+    pub timeout: Duration,
+    #[serde(default = "default_max_depth")]
+    pub max_depth: usize,
+    #[serde(default = "default_max_sequence")]
+    pub max_sequence_length: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrationConfig {
+    /// Replaces the rule file's `base_url` (e.g. a sandbox or a local fake provider).
+    #[serde(default)]
+    pub base_url: Option<String>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: default_connect_timeout(),
+            request_timeout: default_request_timeout(),
+            pool_idle_timeout: default_pool_idle_timeout(),
+            pool_max_idle_per_host: default_pool_max_idle(),
+            ca_bundle: None,
+        }
+    }
+}
+
+impl Default for EvaluationConfig {
+    fn default() -> Self {
+        Self {
+            timeout: default_eval_timeout(),
+            max_depth: default_max_depth(),
+            max_sequence_length: default_max_sequence(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            rules_dir: default_rules_dir(),
+            max_buffered_body: default_max_buffered_body(),
+            upstream: UpstreamConfig::default(),
+            evaluation: EvaluationConfig::default(),
+            log: LogConfig::default(),
+            integrations: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4180))
+}
+fn default_rules_dir() -> PathBuf {
+    PathBuf::from("rules")
+}
+fn default_max_buffered_body() -> ByteSize {
+    ByteSize(1024 * 1024)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_pool_idle_timeout() -> Duration {
+    Duration::from_secs(90)
+}
+fn default_pool_max_idle() -> usize {
+    32
+}
+fn default_eval_timeout() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_max_depth() -> usize {
+    200
+}
+fn default_max_sequence() -> usize {
+    100_000
+}
+
+/// A size in bytes, written as an integer or with a unit: `512KiB`, `1MiB`, `10MB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub usize);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(usize),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => parse_byte_size(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn parse_byte_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (examples: 1048576, 512KiB, 1MiB)"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown size unit `{other}` in `{s}`")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size `{s}` is too large"))
+}
+
+impl Config {
+    /// Reads, interpolates and validates a config file. Relative paths in it are
+    /// resolved against the file's directory, so `grantd serve --config x/y.yaml` works
+    /// from any working directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let mut config = Self::parse(&text, &|name| std::env::var(name).ok()).map_err(err)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.rules_dir = base.join(&config.rules_dir);
+        if let Some(ca) = &config.upstream.ca_bundle {
+            config.upstream.ca_bundle = Some(base.join(ca));
+        }
+        Ok(config)
+    }
+
+    /// Parses config text; `env` looks up `${VAR}` references.
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let mut value: Value = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+        if value.is_null() {
+            value = Value::Mapping(Default::default());
+        }
+        interpolate_value(&mut value, &mut Vec::new(), env)?;
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            if path == "." {
+                inner
+            } else {
+                format!("{path}: {inner}")
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.max_buffered_body.0 == 0 {
+            return Err("max_buffered_body: must be greater than 0".into());
+        }
+        if self.evaluation.timeout.is_zero() {
+            return Err("evaluation.timeout: must be greater than 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Replaces `${VAR}` (and `${VAR:-default}`) in every string of the document; `$$` is a
+/// literal `$`. `path` tracks where we are so an unset variable is reported with its key.
+fn interpolate_value(
+    value: &mut Value,
+    path: &mut Vec<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    match value {
+        Value::String(s) => {
+            *s = interpolate(s, env).map_err(|e| format!("{}: {e}", display_path(path)))?;
+        }
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                path.push(format!("[{i}]"));
+                interpolate_value(item, path, env)?;
+                path.pop();
+            }
+        }
+        Value::Mapping(map) => {
+            for (k, v) in map.iter_mut() {
+                path.push(k.as_str().unwrap_or("?").to_string());
+                interpolate_value(v, path, env)?;
+                path.pop();
+            }
+        }
+        Value::Tagged(t) => interpolate_value(&mut t.value, path, env)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+fn display_path(path: &[String]) -> String {
+    let mut out = String::new();
+    for p in path {
+        if !p.starts_with('[') && !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(p);
+    }
+    out
+}
+
+/// Expands `${VAR}`, `${VAR:-default}` and `$$` in one string.
+pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unterminated `${{` in `{s}`"))?;
+            let (name, default) = match body[..end].split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (&body[..end], None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("`${{{name}}}` is not a valid variable name"));
+            }
+            match (env(name), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => return Err(format!("environment variable {name} is not set")),
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "SLACK_URL" => Some("http://127.0.0.1:9000/api".into()),
+            "PORT" => Some("4999".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", &env).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:4180".parse().unwrap());
+        assert_eq!(c.max_buffered_body, ByteSize(1 << 20));
+        assert_eq!(c.upstream.connect_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn interpolates_any_string_with_defaults_and_escapes() {
+        let c = Config::parse(
+            "listen: 127.0.0.1:${PORT}\nintegrations:\n  slack: { base_url: \"${SLACK_URL}\" }\n  github: { base_url: \"${GH:-https://api.github.com}/$$x\" }\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 4999);
+        assert_eq!(
+            c.integrations["slack"].base_url.as_deref(),
+            Some("http://127.0.0.1:9000/api")
+        );
+        assert_eq!(
+            c.integrations["github"].base_url.as_deref(),
+            Some("https://api.github.com/$x")
+        );
+    }
+
+    #[test]
+    fn missing_variable_is_named_with_its_key() {
+        let e = Config::parse(
+            "integrations:\n  slack:\n    base_url: ${NOPE_NOT_SET}\n",
+            &env,
+        )
+        .unwrap_err();
+        assert!(e.contains("NOPE_NOT_SET"), "{e}");
+        assert!(e.contains("integrations.slack.base_url"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_reports_its_path() {
+        let e = Config::parse("upstream:\n  conect_timeout: 3s\n", &env).unwrap_err();
+        assert!(e.contains("upstream"), "{e}");
+        assert!(e.contains("conect_timeout"), "{e}");
+        let e = Config::parse("integrations:\n  slack: { bse_url: x }\n", &env).unwrap_err();
+        assert!(e.contains("integrations.slack"), "{e}");
+        assert!(e.contains("bse_url"), "{e}");
+    }
+
+    #[test]
+    fn sizes_and_durations_parse_with_units() {
+        let c = Config::parse(
+            "max_buffered_body: 512KiB\nupstream: { request_timeout: 250ms }\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.max_buffered_body, ByteSize(512 * 1024));
+        assert_eq!(c.upstream.request_timeout, Duration::from_millis(250));
+        let e = Config::parse("max_buffered_body: 3 parsecs\n", &env).unwrap_err();
+        assert!(
+            e.contains("max_buffered_body") && e.contains("parsecs"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn yaml_syntax_error_has_a_line() {
+        let e = Config::parse("listen: [1,\n  rules_dir: x\n", &env).unwrap_err();
+        assert!(e.contains("line"), "{e}");
+    }
+}

@@ -1,0 +1,925 @@
+//! The proxy listener: route `/{integration}/{rest}` to the integration's base URL, stream
+//! bodies both ways, and let rules rewrite the responses they select.
+//!
+//! Owns routing, header hygiene (hop-by-hop, `Host`), upstream error mapping and applying a
+//! [`Verdict`] to a response. It must not open connections anywhere but a configured base URL,
+//! must not evaluate rules on an async worker (they run on the blocking pool under a budget),
+//! and must not buffer a response no rule selects.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::Read;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, EvaluationConfig};
+use crate::rules::engine::Cancel;
+use crate::rules::{Endpoint, Facts, Outcome, RuleSet, Verdict};
+use crate::telemetry::{IntegrationMetrics, Metrics};
+use crate::upstream::{self, UpstreamClient};
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A parsed base URL: requests are only ever sent to this scheme and authority, below this path.
+#[derive(Debug, Clone)]
+pub struct BaseUrl {
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    path: String,
+}
+
+impl BaseUrl {
+    pub fn parse(s: &str) -> Result<BaseUrl, String> {
+        let uri: Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("`{s}` has no scheme"))?;
+        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+            return Err(format!("`{s}`: scheme must be http or https"));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("`{s}` has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("`{s}`: credentials do not belong in a base URL"));
+        }
+        if uri.query().is_some() {
+            return Err(format!("`{s}`: a base URL cannot have a query"));
+        }
+        Ok(BaseUrl {
+            scheme,
+            authority,
+            path: uri.path().trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// `{base}/{rest}?{query}`; `rest` has been checked for dot segments by the caller.
+    fn join(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let mut pq = String::with_capacity(
+            self.path.len() + rest.len() + 1 + query.map_or(0, |q| q.len() + 1),
+        );
+        pq.push_str(&self.path);
+        pq.push_str(rest);
+        if pq.is_empty() {
+            pq.push('/');
+        }
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+    }
+
+    /// Scheme and host, safe to show in errors (no path or query, which may carry secrets).
+    fn origin(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// One routable integration.
+struct Route {
+    base: BaseUrl,
+    rules: Arc<RuleSet>,
+    metrics: IntegrationMetrics,
+}
+
+/// Everything the request path needs, built once at startup.
+pub struct Proxy {
+    routes: BTreeMap<String, Route>,
+    client: UpstreamClient,
+    request_timeout: Duration,
+    max_buffered_body: usize,
+    eval: EvaluationConfig,
+    metrics: Metrics,
+}
+
+impl Proxy {
+    /// Builds routes from the rule files and the config's overrides. An override for an
+    /// integration without a rule file is a plain proxy route (it must then give `base_url`).
+    pub fn new(config: &Config, rule_sets: BTreeMap<String, RuleSet>) -> anyhow::Result<Proxy> {
+        let metrics = Metrics::default();
+        let mut routes = BTreeMap::new();
+        let mut sets = rule_sets;
+        for (name, over) in &config.integrations {
+            if !sets.contains_key(name) {
+                let base_url = over.base_url.clone().ok_or_else(|| {
+                    anyhow::anyhow!("integrations.{name}: no rule file rules/{name}.yaml, so base_url is required")
+                })?;
+                sets.insert(name.clone(), RuleSet::empty(name, base_url));
+            }
+        }
+        for (name, set) in sets {
+            let url = config
+                .integrations
+                .get(&name)
+                .and_then(|o| o.base_url.clone())
+                .unwrap_or_else(|| set.base_url.clone());
+            let base = BaseUrl::parse(&url)
+                .map_err(|e| anyhow::anyhow!("integration {name}: base_url {e}"))?;
+            if base.scheme == http::uri::Scheme::HTTP {
+                tracing::warn!(integration = %name, base_url = %base.origin(), "plain-HTTP upstream: tokens would cross the network unencrypted");
+            }
+            routes.insert(
+                name.clone(),
+                Route {
+                    base,
+                    metrics: metrics.integration(&name),
+                    rules: Arc::new(set),
+                },
+            );
+        }
+        Ok(Proxy {
+            routes,
+            client: upstream::client(&config.upstream)?,
+            request_timeout: config.upstream.request_timeout,
+            max_buffered_body: config.max_buffered_body.0,
+            eval: config.evaluation.clone(),
+            metrics,
+        })
+    }
+
+    pub fn integrations(&self) -> impl Iterator<Item = &str> {
+        self.routes.keys().map(String::as_str)
+    }
+
+    /// Serves until `shutdown` resolves, then drains open connections (up to 30 s).
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = self.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "client connection ended with an error");
+                }
+            });
+        }
+        if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after 30 s; closing them");
+        }
+    }
+
+    /// The whole request path: refuse, route, forward, rewrite.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        if req.method() == Method::CONNECT {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "connect_refused",
+                None,
+                "grantd is not an open proxy: CONNECT is refused".into(),
+            );
+        }
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "absolute_form_refused",
+                None,
+                "grantd is not an open proxy: send origin-form requests like /slack/chat.postMessage".into(),
+            );
+        }
+        let path = req.uri().path().to_string();
+        if let Some(internal) = path.strip_prefix("/_grantd/") {
+            return self.internal(internal);
+        }
+        let (name, rest) = split_route(&path);
+        let Some(route) = self.routes.get(name) else {
+            let known: Vec<&str> = self.integrations().collect();
+            let mut resp = error(
+                StatusCode::NOT_FOUND,
+                "unknown_integration",
+                None,
+                format!("no integration `{name}`; requests look like /{{integration}}/{{path}}; known: {}", known.join(", ")),
+            );
+            *resp.body_mut() = json_body(&json!({
+                "error": "unknown_integration",
+                "message": format!("no integration `{name}`; requests look like /{{integration}}/{{path}}"),
+                "known": known,
+            }));
+            return resp;
+        };
+        if has_dot_segment(rest) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_path",
+                Some(name),
+                "`.` and `..` path segments are refused".into(),
+            );
+        }
+        self.forward(name, route, rest.to_string(), req).await
+    }
+
+    async fn forward(
+        &self,
+        name: &str,
+        route: &Route,
+        rest: String,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let uri = match route.base.join(&rest, parts.uri.query()) {
+            Ok(uri) => uri,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_path",
+                    Some(name),
+                    format!("cannot build the upstream URL: {e}"),
+                )
+            }
+        };
+        let method = parts.method.to_string();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::HOST);
+        restrict_accept_encoding(&mut parts.headers);
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let upstream_req = Request::from_parts(parts, body.boxed());
+
+        let resp =
+            match tokio::time::timeout(self.request_timeout, self.client.request(upstream_req))
+                .await
+            {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(e)) => {
+                    route.metrics.upstream_error.inc();
+                    let message =
+                        format!("cannot reach {}: {}", route.base.origin(), error_chain(&e));
+                    tracing::warn!(integration = name, %message, "upstream request failed");
+                    return error(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_unreachable",
+                        Some(name),
+                        message,
+                    );
+                }
+                Err(_) => {
+                    route.metrics.upstream_timeout.inc();
+                    let message = format!(
+                        "{} sent no response headers within {:?}",
+                        route.base.origin(),
+                        self.request_timeout
+                    );
+                    tracing::warn!(integration = name, %message, "upstream timeout");
+                    return error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream_timeout",
+                        Some(name),
+                        message,
+                    );
+                }
+            };
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let status = parts.status.as_u16();
+        let ct = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        if !route.rules.selects(Endpoint::Api, status, ct, &rest) {
+            route.metrics.passed.inc();
+            return Response::from_parts(parts, body.boxed());
+        }
+        let facts = Facts {
+            endpoint: Endpoint::Api,
+            status,
+            headers: rule_headers(&parts.headers),
+            method,
+            path: rest,
+        };
+        self.rewrite(name, route, parts, body, facts).await
+    }
+
+    /// The buffered path: collect up to `max_buffered_body`, evaluate, apply.
+    async fn rewrite(
+        &self,
+        name: &str,
+        route: &Route,
+        mut parts: http::response::Parts,
+        body: Incoming,
+        facts: Facts,
+    ) -> Response<Body> {
+        let declared = body.size_hint().exact().map(|n| n as usize);
+        if declared.is_some_and(|n| n > self.max_buffered_body) {
+            route.metrics.oversize.inc();
+            return Response::from_parts(parts, body.boxed());
+        }
+        let (bytes, trailers) = match collect_limited(body, self.max_buffered_body).await {
+            Collected::Complete(bytes, trailers) => (bytes, trailers),
+            Collected::TooLarge(prefixed) => {
+                route.metrics.oversize.inc();
+                tracing::debug!(
+                    integration = name,
+                    limit = self.max_buffered_body,
+                    "matched response too large to evaluate; passing through"
+                );
+                return Response::from_parts(parts, prefixed.boxed());
+            }
+            Collected::Failed(e) => {
+                route.metrics.upstream_error.inc();
+                let message = format!(
+                    "{} failed while sending the response body: {e}",
+                    route.base.origin()
+                );
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_body_error",
+                    Some(name),
+                    message,
+                );
+            }
+        };
+        let outcome = match decode_for_rules(&parts.headers, &bytes, self.max_buffered_body) {
+            Ok(decoded) => self.evaluate(route.rules.clone(), facts, decoded).await,
+            Err(message) => Outcome::RuleError {
+                rule: "(body)".into(),
+                message,
+            },
+        };
+        let original = Frames {
+            data: Some(bytes),
+            trailers,
+        };
+        match outcome {
+            Outcome::Unchanged => {
+                route.metrics.passed.inc();
+                Response::from_parts(parts, original.boxed())
+            }
+            Outcome::RuleError { rule, message } => {
+                route.metrics.rule_error.inc();
+                route.metrics.rule_failed(&rule);
+                tracing::warn!(integration = name, rule = %rule, %message, "rule failed; response passed through unmodified");
+                let value = header_text(&format!("{name}/{rule}: {message}"));
+                parts.headers.insert(GRANTD_RULE_ERROR, value);
+                Response::from_parts(parts, original.boxed())
+            }
+            Outcome::Verdict(v) => {
+                route.metrics.rewritten.inc();
+                route.metrics.verdict(&v.rule, v.action.as_str());
+                tracing::debug!(integration = name, rule = %v.rule, status = v.status, action = v.action.as_str(), "response rewritten");
+                apply_verdict(name, &v, &mut parts);
+                match replacement_body(&v, &mut parts.headers) {
+                    Some(body) => Response::from_parts(parts, body),
+                    None => Response::from_parts(parts, original.boxed()),
+                }
+            }
+        }
+    }
+
+    /// Runs the rules on the blocking pool. If the budget runs out (some builtins ignore the
+    /// engine's own time limit), the evaluation is cancelled and the response passes through:
+    /// a slow rule costs one blocking thread, never an async worker or other traffic.
+    async fn evaluate(&self, rules: Arc<RuleSet>, facts: Facts, body: Bytes) -> Outcome {
+        let cancel = Cancel::default();
+        let eval = self.eval.clone();
+        let budget = eval.timeout;
+        let task_cancel = cancel.clone();
+        let task =
+            tokio::task::spawn_blocking(move || rules.evaluate(&facts, &body, &eval, &task_cancel));
+        match tokio::time::timeout(budget + BUDGET_GRACE, task).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(join)) => Outcome::RuleError {
+                rule: "(engine)".into(),
+                message: format!("evaluation thread failed: {join}"),
+            },
+            Err(_) => {
+                cancel.cancel();
+                Outcome::RuleError {
+                    rule: "(budget)".into(),
+                    message: format!(
+                        "rules did not finish within the {budget:?} evaluation budget"
+                    ),
+                }
+            }
+        }
+    }
+
+    fn internal(&self, path: &str) -> Response<Body> {
+        match path {
+            "healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            "metrics" => {
+                let mut resp = Response::new(full(self.metrics.render()));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                resp
+            }
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                None,
+                format!("no internal endpoint /_grantd/{path}"),
+            ),
+        }
+    }
+}
+
+/// The engine checks its own deadline; this grace lets it report a precise error first.
+const BUDGET_GRACE: Duration = Duration::from_millis(20);
+
+const GRANTD_RULE: HeaderName = HeaderName::from_static("grantd-rule");
+const GRANTD_ORIGINAL_STATUS: HeaderName = HeaderName::from_static("grantd-original-status");
+const GRANTD_ERROR: HeaderName = HeaderName::from_static("grantd-error");
+const GRANTD_ACTION: HeaderName = HeaderName::from_static("grantd-action");
+const GRANTD_RULE_ERROR: HeaderName = HeaderName::from_static("grantd-rule-error");
+
+/// `/slack/chat.postMessage` → (`slack`, `/chat.postMessage`).
+fn split_route(path: &str) -> (&str, &str) {
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    match trimmed.find('/') {
+        Some(i) => (&trimmed[..i], &trimmed[i..]),
+        None => (trimmed, ""),
+    }
+}
+
+/// `..` would let a request climb out of the base URL's path (`/api/../admin`); encoded
+/// forms count too, because upstream servers decode them.
+fn has_dot_segment(rest: &str) -> bool {
+    rest.split('/').any(|seg| {
+        let s = seg.to_ascii_lowercase().replace("%2e", ".");
+        s == "." || s == ".."
+    })
+}
+
+/// RFC 9110 §7.6.1 hop-by-hop headers, plus any the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// Rules can only read bodies we can decode, so never ask the provider for `br` or `zstd`.
+fn restrict_accept_encoding(headers: &mut HeaderMap) {
+    let Some(ae) = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
+    let kept: Vec<&str> = ae
+        .split(',')
+        .map(str::trim)
+        .filter(|c| {
+            let coding = c
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            matches!(
+                coding.as_str(),
+                "gzip" | "x-gzip" | "deflate" | "identity" | "*"
+            )
+        })
+        .collect();
+    match HeaderValue::from_str(&kept.join(", ")) {
+        Ok(v) if !kept.is_empty() => {
+            headers.insert(header::ACCEPT_ENCODING, v);
+        }
+        _ => {
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+    }
+}
+
+fn rule_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(headers.keys_len());
+    for name in headers.keys() {
+        let joined = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push((name.as_str().to_string(), joined));
+    }
+    out
+}
+
+/// Decodes `gzip`/`deflate` bodies for the rules only (the original bytes are what is sent
+/// on), never inflating past the buffer limit.
+fn decode_for_rules(headers: &HeaderMap, body: &Bytes, limit: usize) -> Result<Bytes, String> {
+    let coding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let mut out = Vec::new();
+    let read = match coding.as_deref() {
+        None | Some("") | Some("identity") => return Ok(body.clone()),
+        Some("gzip") | Some("x-gzip") => flate2::read::GzDecoder::new(&body[..])
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out),
+        Some("deflate") => flate2::read::ZlibDecoder::new(&body[..])
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out),
+        Some(other) => {
+            return Err(format!(
+                "cannot decode content-encoding `{other}` for rules"
+            ))
+        }
+    };
+    read.map_err(|e| format!("cannot decode the {} body: {e}", coding.unwrap_or_default()))?;
+    if out.len() > limit {
+        return Err(format!(
+            "decoded body exceeds max_buffered_body ({limit} bytes)"
+        ));
+    }
+    Ok(Bytes::from(out))
+}
+
+fn apply_verdict(integration: &str, v: &Verdict, parts: &mut http::response::Parts) {
+    let original = parts.status;
+    parts.status = StatusCode::from_u16(v.status).unwrap_or(original);
+    let h = &mut parts.headers;
+    h.insert(
+        GRANTD_RULE,
+        header_text(&format!("{integration}/{}", v.rule)),
+    );
+    h.insert(GRANTD_ORIGINAL_STATUS, HeaderValue::from(original.as_u16()));
+    h.insert(GRANTD_ACTION, HeaderValue::from_static(v.action.as_str()));
+    if let Some(e) = &v.error {
+        h.insert(GRANTD_ERROR, header_text(e));
+    }
+    if let Some(www) = www_authenticate(v) {
+        h.insert(header::WWW_AUTHENTICATE, www);
+    }
+    if let Some(secs) = v.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    for (name, value) in &v.headers {
+        if let (Ok(n), Ok(val)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            h.insert(n, val);
+        }
+    }
+}
+
+/// RFC 6750 §3: `invalid_token` for 401, `insufficient_scope` for a 403 the user must fix by
+/// consenting again.
+fn www_authenticate(v: &Verdict) -> Option<HeaderValue> {
+    let code = match (v.status, v.action) {
+        (401, _) => "invalid_token",
+        (403, crate::rules::Action::Reauth) => "insufficient_scope",
+        _ => return None,
+    };
+    let mut value = format!("Bearer error=\"{code}\"");
+    if let Some(msg) = &v.message {
+        // error_description allows %x20-21 / %x23-5B / %x5D-7E only.
+        let clean: String = msg
+            .chars()
+            .filter(|c| (' '..='~').contains(c) && *c != '"' && *c != '\\')
+            .take(200)
+            .collect();
+        value.push_str(&format!(", error_description=\"{clean}\""));
+    }
+    HeaderValue::from_str(&value).ok()
+}
+
+/// The rule's replacement body, if any; fixes the framing headers to match it.
+fn replacement_body(v: &Verdict, headers: &mut HeaderMap) -> Option<Body> {
+    let body = v.body.as_ref()?;
+    let (bytes, ct) = match body {
+        serde_json::Value::String(s) => (Bytes::from(s.clone()), "text/plain; charset=utf-8"),
+        other => (Bytes::from(other.to_string()), "application/json"),
+    };
+    headers.remove(header::CONTENT_ENCODING);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    Some(full(bytes))
+}
+
+/// Visible ASCII only, at most 300 bytes: header values must never break framing.
+fn header_text(s: &str) -> HeaderValue {
+    let clean: String = s
+        .chars()
+        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+        .take(300)
+        .collect();
+    HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("?"))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+/// A JSON error from grantd itself (never from the provider), with a stable `error` code.
+fn error(
+    status: StatusCode,
+    code: &str,
+    integration: Option<&str>,
+    message: String,
+) -> Response<Body> {
+    let mut body = json!({"error": code, "message": message});
+    if let Some(i) = integration {
+        body["integration"] = json!(i);
+    }
+    let mut resp = json_response(status, &body);
+    resp.headers_mut()
+        .insert(HeaderName::from_static("grantd-error"), header_text(code));
+    resp
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(json_body(value));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn json_body(value: &serde_json::Value) -> Body {
+    full(value.to_string())
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+enum Collected {
+    Complete(Bytes, Option<HeaderMap>),
+    TooLarge(Prefixed),
+    Failed(hyper::Error),
+}
+
+/// Reads a body up to `limit` bytes. Past the limit, hands back what was read plus the rest of
+/// the stream, so the response can still stream through unmodified.
+async fn collect_limited(mut body: Incoming, limit: usize) -> Collected {
+    let mut buf = BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => return Collected::Complete(buf.freeze(), None),
+            Some(Err(e)) => return Collected::Failed(e),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    buf.extend_from_slice(&data);
+                    if buf.len() > limit {
+                        return Collected::TooLarge(Prefixed {
+                            prefix: Some(buf.freeze()),
+                            rest: body,
+                        });
+                    }
+                }
+                Err(frame) => {
+                    let trailers = frame.into_trailers().ok();
+                    return Collected::Complete(buf.freeze(), trailers);
+                }
+            },
+        }
+    }
+}
+
+/// Already-read bytes followed by the rest of the upstream body.
+struct Prefixed {
+    prefix: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl http_body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.rest.size_hint();
+        let n = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        hint.set_lower(hint.lower() + n);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + n);
+        }
+        hint
+    }
+}
+
+/// A fully buffered body with its trailers, replayed as read.
+struct Frames {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(data) = self.data.take().filter(|d| !d.is_empty()) {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.as_ref().is_none_or(|d| d.is_empty()) && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_split_on_the_first_segment() {
+        assert_eq!(
+            split_route("/slack/chat.postMessage"),
+            ("slack", "/chat.postMessage")
+        );
+        assert_eq!(split_route("/slack"), ("slack", ""));
+        assert_eq!(split_route("/slack/"), ("slack", "/"));
+        assert_eq!(split_route("/"), ("", ""));
+    }
+
+    #[test]
+    fn join_stays_on_the_base_host_and_path() {
+        let base = BaseUrl::parse("https://slack.com/api/").unwrap();
+        assert_eq!(
+            base.join("/chat.postMessage", Some("a=1"))
+                .unwrap()
+                .to_string(),
+            "https://slack.com/api/chat.postMessage?a=1"
+        );
+        // A rest that looks like a host is still a path on the base host.
+        assert_eq!(
+            base.join("//evil.example/x", None).unwrap().to_string(),
+            "https://slack.com/api//evil.example/x"
+        );
+        let root = BaseUrl::parse("https://api.github.com").unwrap();
+        assert_eq!(
+            root.join("", None).unwrap().to_string(),
+            "https://api.github.com/"
+        );
+    }
+
+    #[test]
+    fn base_urls_must_be_plain_http_origins() {
+        assert!(BaseUrl::parse("ftp://x").is_err());
+        assert!(BaseUrl::parse("/relative").is_err());
+        assert!(BaseUrl::parse("https://user:pw@x.com").is_err());
+        assert!(BaseUrl::parse("https://x.com/api?key=1").is_err());
+    }
+
+    #[test]
+    fn dot_segments_are_detected_even_encoded() {
+        for bad in ["/..", "/a/../b", "/%2e%2e/x", "/.%2E/x", "/./x"] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for ok in ["/a.b", "/..a", "/v1/users.list", ""] {
+            assert!(!has_dot_segment(ok), "{ok}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_named_ones_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["x-kept"]
+        );
+    }
+
+    #[test]
+    fn accept_encoding_keeps_only_codings_rules_can_read() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("br, gzip;q=0.8, zstd"),
+        );
+        restrict_accept_encoding(&mut h);
+        assert_eq!(h[header::ACCEPT_ENCODING], "gzip;q=0.8");
+        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("br"));
+        restrict_accept_encoding(&mut h);
+        assert_eq!(h[header::ACCEPT_ENCODING], "identity");
+    }
+
+    #[test]
+    fn gzip_bodies_are_decoded_for_rules_within_the_limit() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(br#"{"ok":false}"#).unwrap();
+        let gz = Bytes::from(enc.finish().unwrap());
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        assert_eq!(
+            &decode_for_rules(&h, &gz, 1024).unwrap()[..],
+            br#"{"ok":false}"#
+        );
+        assert!(decode_for_rules(&h, &gz, 4)
+            .unwrap_err()
+            .contains("max_buffered_body"));
+        assert!(decode_for_rules(&h, &Bytes::from_static(b"not gzip"), 1024).is_err());
+    }
+}
