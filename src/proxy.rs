@@ -471,6 +471,7 @@ const BUDGET_GRACE: Duration = Duration::from_millis(20);
 const GRANTD_RULE: HeaderName = HeaderName::from_static("grantd-rule");
 const GRANTD_ORIGINAL_STATUS: HeaderName = HeaderName::from_static("grantd-original-status");
 const GRANTD_ERROR: HeaderName = HeaderName::from_static("grantd-error");
+const GRANTD_ERROR_DETAIL: HeaderName = HeaderName::from_static("grantd-error-detail");
 const GRANTD_ACTION: HeaderName = HeaderName::from_static("grantd-action");
 const GRANTD_RULE_ERROR: HeaderName = HeaderName::from_static("grantd-rule-error");
 
@@ -613,6 +614,9 @@ fn apply_verdict(integration: &str, v: &Verdict, parts: &mut http::response::Par
     h.insert(GRANTD_ACTION, HeaderValue::from_static(v.action.as_str()));
     if let Some(e) = &v.error {
         h.insert(GRANTD_ERROR, header_text(e));
+    }
+    if let Some(d) = &v.detail {
+        h.insert(GRANTD_ERROR_DETAIL, header_text(d));
     }
     if let Some(www) = www_authenticate(v) {
         h.insert(header::WWW_AUTHENTICATE, www);

@@ -99,6 +99,7 @@ fn compare(set: &RuleSet, test: &TestCase, outcome: &Outcome) -> Option<String> 
                 Some(v.action.as_str().to_string()),
             );
             check("error", e.error.clone(), v.error.clone());
+            check("detail", e.detail.clone(), v.detail.clone());
             check(
                 "retry_after",
                 e.retry_after.map(|s| s.to_string()),

@@ -141,6 +141,7 @@ pub struct Expect {
     pub status: Option<u16>,
     pub action: Option<super::Action>,
     pub error: Option<String>,
+    pub detail: Option<String>,
     pub retry_after: Option<u64>,
 }
 
@@ -363,7 +364,7 @@ fn collect_tests(
             || e.retry_after.is_some();
         if e.unchanged == any_field {
             errors.push(format!(
-                "{file}:{line}: test `{}`: expect either `unchanged: true` or at least one of rule/status/action/error/retry_after",
+                "{file}:{line}: test `{}`: expect either `unchanged: true` or at least one of rule/status/action/error/detail/retry_after",
                 spec.name
             ));
         }

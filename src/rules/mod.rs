@@ -62,6 +62,9 @@ pub struct Verdict {
     pub action: Action,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Provider-specific cause, e.g. `AADSTS50173` or `invalid_rapt`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -269,12 +272,14 @@ fn verdict_from(rule: &str, result: serde_json::Value) -> Result<Option<Verdict>
         status: 0,
         action: Action::None,
         error: None,
+        detail: None,
         message: None,
         retry_after: None,
         headers: BTreeMap::new(),
         body: None,
     };
-    for (key, value) in obj {
+    // A field that is `null` counts as not given, so expressions can write `cond ? x : null`.
+    for (key, value) in obj.into_iter().filter(|(_, v)| !v.is_null()) {
         match key.as_str() {
             "status" => v.status = status_from(&value)?,
             "action" => {
@@ -286,6 +291,7 @@ fn verdict_from(rule: &str, result: serde_json::Value) -> Result<Option<Verdict>
                 })?
             }
             "error" => v.error = Some(string_field("error", &value)?),
+            "detail" => v.detail = Some(string_field("detail", &value)?),
             "message" => v.message = Some(string_field("message", &value)?),
             "retry_after" => v.retry_after = Some(retry_after_from(&value)?),
             "headers" => v.headers = headers_from(&value)?,
@@ -425,6 +431,17 @@ mod tests {
         ] {
             assert!(verdict_from("r", bad.clone()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn null_fields_count_as_absent() {
+        let v = verdict_from(
+            "r",
+            json!({"status": 429, "retry_after": null, "error": null}),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((v.retry_after, v.error), (None, None));
     }
 
     #[test]
