@@ -218,7 +218,10 @@ impl Proxy {
                 "grantd is not an open proxy: CONNECT is refused".into(),
             );
         }
-        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        // HTTP/2 requests always carry :scheme/:authority (grantd's own); only an HTTP/1
+        // absolute-form target asks us to go somewhere else. Routing never reads the authority.
+        let absolute = req.uri().scheme().is_some() || req.uri().authority().is_some();
+        if absolute && req.version() < Version::HTTP_2 {
             return error(
                 StatusCode::BAD_REQUEST,
                 "absolute_form_refused",

@@ -1,0 +1,258 @@
+//! Test harness: a fake provider on 127.0.0.1:0, grantd in-process on its own runtime, and a
+//! plain HTTP client. Everything talks over real sockets.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync,
+>;
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed()
+}
+
+pub fn json_response(status: u16, body: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .unwrap()
+}
+
+/// Starts an HTTP/1.1 + h2c server on 127.0.0.1:0 that answers with `handler`.
+pub async fn upstream(handler: Handler) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Wraps an async closure as a [`Handler`].
+pub fn handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    Arc::new(move |req| Box::pin(f(req)))
+}
+
+/// An upstream that echoes what it received as JSON.
+pub fn echo() -> Handler {
+    handler(|req: Request<Incoming>| async move {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let headers: BTreeMap<String, String> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let out = serde_json::json!({
+            "method": parts.method.as_str(),
+            "path": parts.uri.path(),
+            "query": parts.uri.query(),
+            "version": format!("{:?}", parts.version),
+            "headers": headers,
+            "body": String::from_utf8_lossy(&body),
+        });
+        json_response(200, &out.to_string())
+    })
+}
+
+/// A running in-process grantd. Runs on its own runtime thread so a test can end while a
+/// runaway rule still occupies a blocking thread.
+pub struct Grantd {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Grantd {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub struct GrantdBuilder {
+    config: String,
+    rule_files: Vec<(String, String)>,
+    worker_threads: usize,
+}
+
+/// `config` is grantd.yaml text without `rules_dir` (the builder writes the rules to a temp dir).
+pub fn grantd(config: &str) -> GrantdBuilder {
+    GrantdBuilder {
+        config: config.to_string(),
+        rule_files: Vec::new(),
+        worker_threads: 2,
+    }
+}
+
+impl GrantdBuilder {
+    pub fn rule_file(mut self, name: &str, text: &str) -> Self {
+        self.rule_files.push((name.to_string(), text.to_string()));
+        self
+    }
+
+    /// Copies a shipped rule file from `rules/`.
+    pub fn shipped_rules(self, integration: &str) -> Self {
+        let text =
+            std::fs::read_to_string(repo_path(&format!("rules/{integration}.yaml"))).unwrap();
+        self.rule_file(&format!("{integration}.yaml"), &text)
+    }
+
+    pub fn worker_threads(mut self, n: usize) -> Self {
+        self.worker_threads = n;
+        self
+    }
+
+    pub fn start(self) -> Grantd {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules");
+        std::fs::create_dir(&rules).unwrap();
+        for (name, text) in &self.rule_files {
+            std::fs::write(rules.join(name), text).unwrap();
+        }
+        let config_path = dir.path().join("grantd.yaml");
+        std::fs::write(&config_path, format!("rules_dir: rules\n{}", self.config)).unwrap();
+        let config = grantd::config::Config::load(&config_path).expect("test config loads");
+        let sets = grantd::rules::load_dir(&config.rules_dir).expect("test rules load");
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let workers = self.worker_threads;
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let proxy = Arc::new(grantd::proxy::Proxy::new(&config, sets).unwrap());
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                proxy
+                    .serve(listener, async {
+                        let _ = stop_rx.await;
+                    })
+                    .await;
+            });
+            rt.shutdown_background();
+        });
+        let addr = addr_rx.recv().unwrap();
+        Grantd {
+            addr,
+            stop: Some(stop_tx),
+            dir,
+        }
+    }
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A response read to the end.
+pub struct Got {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+pub type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+pub fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Got {
+    send(
+        Request::get(format!("http://{addr}{path}"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+}
+
+pub async fn send(req: Request<Full<Bytes>>) -> Got {
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(30), client().request(req))
+        .await
+        .expect("response within 30 s")
+        .expect("request succeeds");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body reads").to_bytes();
+    Got {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Sends raw bytes and returns the raw response text (for requests a client library won't form).
+pub async fn raw(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut out),
+    )
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
