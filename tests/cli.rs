@@ -158,8 +158,7 @@ fn check_fails_a_test_that_expects_the_wrong_status() {
     assert!(fail.contains(&format!("slack.yaml:{test_line}")), "{fail}");
     assert!(fail.contains("expected status 403, got 401"), "{fail}");
     assert!(
-        fail.contains(&format!("rule `token-dead` ("))
-            && fail.contains(&format!("slack.yaml:{rule_line})")),
+        fail.contains("rule `token-dead` (") && fail.contains(&format!("slack.yaml:{rule_line})")),
         "{fail}"
     );
     assert!(out.trim_end().ends_with("1 failed"), "{out}");
