@@ -417,11 +417,17 @@ impl Proxy {
         }
     }
 
-    /// Runs the rules on the blocking pool. If the budget runs out (some builtins ignore the
-    /// engine's own time limit), the evaluation is cancelled and the response passes through:
-    /// a slow rule costs one blocking thread, never an async worker or other traffic.
+    /// Runs the rules. Bounded rule sets (see [`RuleSet::is_bounded`]) run inline: the engine
+    /// stops them within the budget, and a thread hand-off would cost more than the rules
+    /// (measured in `benches/engines.rs`). Others run on the blocking pool; if the budget runs
+    /// out there (some builtins ignore the engine's time limit) the evaluation is cancelled and
+    /// the response passes through: a slow rule costs one blocking thread, never an async
+    /// worker or other traffic.
     async fn evaluate(&self, rules: Arc<RuleSet>, facts: Facts, body: Bytes) -> Outcome {
         let cancel = Cancel::default();
+        if rules.is_bounded() {
+            return rules.evaluate(&facts, &body, &self.eval, &cancel);
+        }
         let eval = self.eval.clone();
         let budget = eval.timeout;
         let task_cancel = cancel.clone();

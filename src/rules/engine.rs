@@ -20,7 +20,10 @@ use jsonata_core::value::JValue;
 
 /// A compiled expression, shareable across threads.
 #[derive(Clone)]
-pub struct Program(Arc<AstNode>);
+pub struct Program {
+    ast: Arc<AstNode>,
+    bounded: bool,
+}
 
 impl std::fmt::Debug for Program {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -60,13 +63,25 @@ impl Program {
     /// function signature); it becomes an error here like any other.
     pub fn compile(source: &str) -> Result<Program, String> {
         match catch_unwind(|| parser::parse(source)) {
-            Ok(Ok(ast)) => Ok(Program(Arc::new(ast))),
+            Ok(Ok(ast)) => Ok(Program {
+                bounded: is_bounded(&ast),
+                ast: Arc::new(ast),
+            }),
             Ok(Err(e)) => Err(e.to_string()),
             Err(panic) => Err(format!(
                 "engine panicked while compiling: {}",
                 panic_text(&panic)
             )),
         }
+    }
+
+    /// True when the engine's own time limit is enough to stop this expression: it calls only
+    /// builtins that are linear in their input and uses no regex or user function. The engine's
+    /// limits do not reach inside a builtin (measured: `$distinct` quadratic, `$match` on a big
+    /// string, `$pad` allocating gigabytes), so anything else must run where it cannot hold an
+    /// async worker.
+    pub fn is_bounded(&self) -> bool {
+        self.bounded
     }
 
     /// Evaluates against a document. `Ok(None)` means the expression had no result
@@ -91,7 +106,7 @@ impl Program {
         let run = || {
             let mut evaluator = Evaluator::with_options(Context::new(), options);
             let value = evaluator
-                .evaluate(&self.0, &doc.0)
+                .evaluate(&self.ast, &doc.0)
                 .map_err(|e| e.to_string())?;
             to_json(&value)
         };
@@ -126,6 +141,72 @@ impl Document {
         root.insert("request".to_string(), JValue::object(req));
         Document(JValue::object(root))
     }
+}
+
+/// Builtins that run in time linear in their input (or constant), so the evaluator's per-step
+/// time checks bound any expression built from them.
+const LINEAR_BUILTINS: &[&str] = &[
+    "exists",
+    "count",
+    "contains",
+    "string",
+    "number",
+    "boolean",
+    "not",
+    "type",
+    "length",
+    "lowercase",
+    "uppercase",
+    "trim",
+    "substring",
+    "substringBefore",
+    "substringAfter",
+    "join",
+    "split",
+    "keys",
+    "lookup",
+    "sum",
+    "max",
+    "min",
+    "average",
+    "floor",
+    "ceil",
+    "round",
+    "abs",
+    "millis",
+    "now",
+    "error",
+    "append",
+    "merge",
+    "replace",
+    "startsWith",
+    "endsWith",
+];
+
+/// Walks the serialized AST (the engine derives `Serialize`, so this needs no knowledge of its
+/// variants): any regex, lambda, call of a computed function, or builtin outside
+/// [`LINEAR_BUILTINS`] makes the expression unbounded.
+fn is_bounded(ast: &AstNode) -> bool {
+    fn walk(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(map) => map.iter().all(|(key, child)| match key.as_str() {
+                "Regex" | "Lambda" | "Call" => false,
+                "Function" => {
+                    let name = child.get("name").and_then(|n| n.as_str()).unwrap_or("");
+                    let args_regex = child
+                        .get("args")
+                        .is_some_and(|a| a.to_string().contains("\"Regex\""));
+                    LINEAR_BUILTINS.contains(&name.trim_start_matches('$'))
+                        && !args_regex
+                        && walk(child)
+                }
+                _ => walk(child),
+            }),
+            serde_json::Value::Array(items) => items.iter().all(walk),
+            _ => true,
+        }
+    }
+    serde_json::to_value(ast).map(|v| walk(&v)).unwrap_or(false)
 }
 
 fn parse_body(body: &[u8]) -> JValue {
@@ -235,6 +316,31 @@ mod tests {
         assert_eq!(eval("body.nope", b"{}").unwrap(), None);
         let e = eval(r#"$error("boom")"#, b"{}").unwrap_err();
         assert!(e.contains("boom"), "{e}");
+    }
+
+    #[test]
+    fn expressions_are_classified_bounded_or_not() {
+        for bounded in [
+            r#"body.ok = false and body.error in ["a", "b"] ? {"status": 401}"#,
+            r#"$contains($string(body), "X") ? {"status": 429, "retry_after": $number(headers.`x-r`) - $floor($millis() / 1000)}"#,
+            r#"($e := body.error; $count(body.errors[type = "RATE"]) > 0)"#,
+        ] {
+            assert!(Program::compile(bounded).unwrap().is_bounded(), "{bounded}");
+        }
+        for unbounded in [
+            "$distinct(body.items)",
+            "$sort(body.items)",
+            r#"$match(body.text, /a+/)"#,
+            r#"$contains(body.text, /a+$/)"#,
+            "$pad(body.x, 1000000000)",
+            "(function($x){ $x })(1)",
+            r#"body.items.$string($)"#.replace("$string", "$formatInteger").as_str(),
+        ] {
+            assert!(
+                !Program::compile(unbounded).unwrap().is_bounded(),
+                "{unbounded}"
+            );
+        }
     }
 
     #[test]

@@ -198,6 +198,12 @@ impl RuleSet {
         }
     }
 
+    /// True when every rule is stopped by the engine's own time limit, so evaluating inline on
+    /// an async worker holds it for at most the evaluation budget.
+    pub fn is_bounded(&self) -> bool {
+        self.rules.iter().all(|r| r.program.is_bounded())
+    }
+
     /// True when some rule's prefilter selects this response, i.e. it must be buffered.
     pub fn selects(&self, endpoint: Endpoint, status: u16, ct: Option<&str>, path: &str) -> bool {
         self.rules
