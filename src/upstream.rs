@@ -22,31 +22,38 @@ use crate::config::UpstreamConfig;
 pub type RequestBody = BoxBody<Bytes, hyper::Error>;
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
-/// Builds the shared client. Fails (naming the file) when the extra CA bundle is unreadable
-/// or holds no certificate.
-pub fn client(config: &UpstreamConfig) -> anyhow::Result<UpstreamClient> {
+/// The TLS client configuration: built once at startup (it loads the roots and checks the
+/// extra CA bundle, naming the file on failure) and shared by every runtime's client.
+pub fn tls_config(config: &UpstreamConfig) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let roots = root_store(config.ca_bundle.as_deref())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    Ok(Arc::new(tls))
+}
+
+/// A pooled client. Each runtime builds its own, so a pooled connection is only ever used by
+/// the thread that owns it.
+pub fn client(config: &UpstreamConfig, tls: Arc<rustls::ClientConfig>) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.connect_timeout));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
+        .with_tls_config((*tls).clone())
         .https_or_http()
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+    Client::builder(TokioExecutor::new())
+        .http1_writev(false) // see the server side in `proxy`: cheaper for small requests
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .pool_idle_timeout(config.pool_idle_timeout)
         .pool_max_idle_per_host(config.pool_max_idle_per_host)
-        .build(https))
+        .build(https)
 }
 
 fn root_store(extra: Option<&Path>) -> anyhow::Result<RootCertStore> {
