@@ -333,8 +333,9 @@ async fn a_malformed_rule_result_is_a_rule_error_not_a_crash() {
     );
 }
 
-/// `$distinct` ignores the engine's time limit (seconds on this body). With one async worker,
-/// evaluating on it would stall everything and the budget timer could not fire.
+/// `$distinct` ignores the engine's time limit (seconds on this body). grantd runs on one
+/// single-threaded runtime here, as each production worker does: evaluating this rule on it
+/// would stall everything and the budget timer could not fire.
 #[tokio::test]
 async fn a_runaway_rule_cannot_stall_unrelated_traffic() {
     let items: Vec<u32> = (0..40_000).collect();
@@ -356,15 +357,25 @@ async fn a_runaway_rule_cannot_stall_unrelated_traffic() {
     ))
     .shipped_rules("slack")
     .rule_file("lab.yaml", LAB_RULES)
-    .worker_threads(1)
     .start();
     let addr = g.addr;
-    let slow = tokio::spawn(async move { get(addr, "/lab/slow").await });
+    let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let order = |finished: &Arc<std::sync::atomic::AtomicUsize>| {
+        finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    };
+    let slow = tokio::spawn({
+        let finished = finished.clone();
+        async move {
+            let got = get(addr, "/lab/slow").await;
+            (order(&finished), got)
+        }
+    });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let fast: Vec<_> = (0..20)
         .map(|i| {
+            let finished = finished.clone();
             tokio::spawn(async move {
-                get(
+                let got = get(
                     addr,
                     if i % 2 == 0 {
                         "/slack/api.test"
@@ -372,22 +383,31 @@ async fn a_runaway_rule_cannot_stall_unrelated_traffic() {
                         "/lab/fast"
                     },
                 )
-                .await
+                .await;
+                (order(&finished), got)
             })
         })
         .collect();
     for f in fast {
-        let got = f.await.unwrap();
+        let (rank, got) = f.await.unwrap();
         assert_eq!(got.status, 200);
         assert!(got.header("grantd-rule-error").is_none());
+        assert!(
+            rank < 20,
+            "a fast request finished after the runaway one (rank {rank})"
+        );
     }
-    let got = slow.await.unwrap();
+    let (rank, got) = slow.await.unwrap();
+    assert_eq!(rank, 20, "the runaway rule's response comes last");
     assert_eq!(
         got.status, 200,
         "the runaway rule's response passes through"
     );
     let err = got.header("grantd-rule-error").expect("rule error header");
-    assert!(err.contains("budget") || err.contains("timeout"), "{err}");
+    assert!(
+        err.contains("evaluation budget"),
+        "grantd's own budget stopped it: {err}"
+    );
     assert!(got.body.len() > 100_000, "body intact");
 }
 

@@ -118,7 +118,6 @@ impl Drop for Grantd {
 pub struct GrantdBuilder {
     config: String,
     rule_files: Vec<(String, String)>,
-    worker_threads: usize,
 }
 
 /// `config` is grantd.yaml text without `rules_dir` (the builder writes the rules to a temp dir).
@@ -126,7 +125,6 @@ pub fn grantd(config: &str) -> GrantdBuilder {
     GrantdBuilder {
         config: config.to_string(),
         rule_files: Vec::new(),
-        worker_threads: 2,
     }
 }
 
@@ -143,11 +141,6 @@ impl GrantdBuilder {
         self.rule_file(&format!("{integration}.yaml"), &text)
     }
 
-    pub fn worker_threads(mut self, n: usize) -> Self {
-        self.worker_threads = n;
-        self
-    }
-
     pub fn start(self) -> Grantd {
         let dir = tempfile::tempdir().unwrap();
         let rules = dir.path().join("rules");
@@ -161,10 +154,9 @@ impl GrantdBuilder {
         let sets = grantd::rules::load_dir(&config.rules_dir).expect("test rules load");
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let workers = self.worker_threads;
+        // One single-threaded runtime, exactly like one production worker.
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
+            let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
