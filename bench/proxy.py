@@ -12,7 +12,7 @@ nginx and against grantd pass-through measured in the same run: trust them over 
 import argparse, os, re, shutil, signal, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PORTS = {"upstream": 19900, "nginx": 19901, "pass": 19902, "rule": 19903, "slack": 19904}
+PORTS = {"upstream": 19900, "nginx": 19901, "pass": 19902, "rule": 19903, "slack": 19904, "bare": 19905}
 TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
 
 ONE_RULE = """integration: one
@@ -93,7 +93,7 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     args = ap.parse_args()
     ensure_tools()
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "grantd", "--example", "fake_provider"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "grantd", "--example", "fake_provider", "--example", "bare_proxy"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="grantd-bench-")
     procs = []
     try:
@@ -119,6 +119,8 @@ http {{ access_log off; client_body_temp_path {work}/tmp; proxy_temp_path {work}
         with open(f"{work}/rules/one.yaml", "w") as f:
             f.write(ONE_RULE)
         shutil.copy(f"{ROOT}/rules/slack.yaml", f"{work}/rules/slack.yaml")
+        bare = subprocess.Popen([f"{ROOT}/target/release/examples/bare_proxy", f"127.0.0.1:{PORTS['bare']}", up])
+        procs.append(bare)
         grantd = {}
         for name in ("pass", "rule", "slack"):
             cfg = f"{work}/{name}.yaml"
@@ -133,6 +135,7 @@ http {{ access_log off; client_body_temp_path {work}/tmp; proxy_temp_path {work}
         targets = [
             ("direct", f"http://{up}/bench/json", [procs[0].pid]),
             ("nginx", f"http://127.0.0.1:{PORTS['nginx']}/bench/json", [nginx.pid, *children(nginx.pid)]),
+            ("bare hyper proxy", f"http://127.0.0.1:{PORTS['bare']}/plain/bench/json", [bare.pid]),
             ("grantd pass-through", f"http://127.0.0.1:{PORTS['pass']}/plain/bench/json", [grantd["pass"].pid]),
             ("grantd 1 rule", f"http://127.0.0.1:{PORTS['rule']}/one/bench/json", [grantd["rule"].pid]),
             ("grantd slack rules (7)", f"http://127.0.0.1:{PORTS['slack']}/slack/bench/json", [grantd["slack"].pid]),
@@ -150,6 +153,7 @@ http {{ access_log off; client_body_temp_path {work}/tmp; proxy_temp_path {work}
             bad = "" if r["bad"] == (0, "") else f"  (non-2xx {r['bad'][0]} {r['bad'][1]})"
             print(f"{name:<24} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['cpu_us']:>11.1f} {vs_nginx:>9.2f} {vs_pass:>8.2f}{bad}")
         print("\nCPU µs/req counts only the serving process(es): the upstream for 'direct', nginx's workers, grantd.")
+        print("'bare hyper proxy' is examples/bare_proxy.rs: hyper server + hyper-util client with no grantd logic (the floor).")
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

@@ -1,0 +1,25 @@
+# syntax=docker/dockerfile:1
+# Build: docker build -t grantd .
+# Run:   docker run --rm -p 4180:4180 -e GRANTD_LISTEN=0.0.0.0:4180 grantd
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# Dependencies first, so a source change does not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches examples \
+ && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+ && echo 'fn main() {}' > benches/engines.rs \
+ && cargo build --release --locked --bin grantd \
+ && rm -rf src benches
+COPY src src
+COPY benches benches
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin grantd
+
+# distroless/cc: glibc + CA certificates, no shell, runs as uid 65532 ("nonroot").
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/grantd /usr/local/bin/grantd
+COPY rules /etc/grantd/rules
+COPY examples/grantd.yaml /etc/grantd/config/grantd.yaml
+USER nonroot
+EXPOSE 4180
+ENTRYPOINT ["/usr/local/bin/grantd", "serve"]
+CMD ["--config", "/etc/grantd/config/grantd.yaml"]
