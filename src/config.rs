@@ -307,6 +307,14 @@ fn display_path(path: &[String]) -> String {
 }
 
 /// Expands `${VAR}`, `${VAR:-default}` and `$$` in one string.
+///
+/// ```
+/// let env = |name: &str| (name == "HOST").then(|| "api.example.com".to_string());
+/// let url = grantd::config::interpolate("https://${HOST}/v1?price=$$5", &env).unwrap();
+/// assert_eq!(url, "https://api.example.com/v1?price=$5");
+/// assert_eq!(grantd::config::interpolate("${PORT:-4180}", &env).unwrap(), "4180");
+/// assert!(grantd::config::interpolate("${MISSING}", &env).unwrap_err().contains("MISSING"));
+/// ```
 pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;

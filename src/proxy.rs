@@ -291,6 +291,7 @@ impl Proxy {
         };
         let method = parts.method.clone();
         strip_hop_by_hop(&mut parts.headers);
+        strip_grantd_headers(&mut parts.headers);
         parts.headers.remove(header::HOST);
         restrict_accept_encoding(&mut parts.headers);
         parts.uri = uri;
@@ -330,6 +331,7 @@ impl Proxy {
         };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        strip_grantd_headers(&mut parts.headers);
         let status = parts.status.as_u16();
         let ct = parts
             .headers
@@ -502,11 +504,21 @@ fn split_route(path: &str) -> (&str, &str) {
 }
 
 /// `..` would let a request climb out of the base URL's path (`/api/../admin`); encoded
-/// forms count too, because upstream servers decode them.
+/// forms count too, because upstream servers decode them. Allocation-free: it runs on every
+/// request.
 fn has_dot_segment(rest: &str) -> bool {
+    fn is_dot(part: &[u8]) -> bool {
+        part == b"." || part.eq_ignore_ascii_case(b"%2e")
+    }
     rest.split('/').any(|seg| {
-        let s = seg.to_ascii_lowercase().replace("%2e", ".");
-        s == "." || s == ".."
+        let b = seg.as_bytes();
+        match b.len() {
+            1 | 3 => is_dot(b),
+            2 => b == b"..",
+            4 => (is_dot(&b[..1]) && is_dot(&b[1..])) || (is_dot(&b[..3]) && is_dot(&b[3..])),
+            6 => is_dot(&b[..3]) && is_dot(&b[3..]),
+            _ => false,
+        }
     })
 }
 
@@ -535,6 +547,19 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+}
+
+/// `Grantd-*` headers are grantd's own: an app's never reach the provider, and a provider's
+/// never reach the app (one could otherwise fake `Grantd-Action: reauth`).
+fn strip_grantd_headers(headers: &mut HeaderMap) {
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("grantd-"))
+        .cloned()
+        .collect();
+    for name in ours {
+        headers.remove(name);
+    }
 }
 
 /// Rules can only read bodies we can decode, so never ask the provider for `br` or `zstd`.
@@ -926,10 +951,27 @@ mod tests {
 
     #[test]
     fn dot_segments_are_detected_even_encoded() {
-        for bad in ["/..", "/a/../b", "/%2e%2e/x", "/.%2E/x", "/./x"] {
+        for bad in [
+            "/..",
+            "/a/../b",
+            "/%2e%2e/x",
+            "/.%2E/x",
+            "/%2E./x",
+            "/./x",
+            "/%2e",
+            "/x/%2E%2e",
+        ] {
             assert!(has_dot_segment(bad), "{bad}");
         }
-        for ok in ["/a.b", "/..a", "/v1/users.list", ""] {
+        for ok in [
+            "/a.b",
+            "/..a",
+            "/...",
+            "/%2e%2f",
+            "/a%2e",
+            "/v1/users.list",
+            "",
+        ] {
             assert!(!has_dot_segment(ok), "{ok}");
         }
     }

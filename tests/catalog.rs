@@ -92,16 +92,9 @@ fn every_catalog_case_of_a_shipped_provider_is_tested_and_classified() {
         *checked.entry(integration.to_string()).or_default() += 1;
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    for shipped in [
-        "slack",
-        "github",
-        "google",
-        "microsoft",
-        "salesforce",
-        "hubspot",
-    ] {
+    for shipped in common::SHIPPED {
         assert!(
-            checked.get(shipped).copied().unwrap_or(0) > 0,
+            checked.get(*shipped).copied().unwrap_or(0) > 0,
             "no catalog case checked for {shipped}"
         );
     }

@@ -58,14 +58,7 @@ fn check_passes_every_shipped_rule_test() {
     let passed: usize = last.split(' ').next().unwrap().parse().unwrap();
     assert!(passed >= 80, "{last}");
     assert!(last.ends_with(", 0 failed"), "{last}");
-    for integration in [
-        "slack",
-        "github",
-        "google",
-        "microsoft",
-        "salesforce",
-        "hubspot",
-    ] {
+    for integration in common::SHIPPED {
         assert!(
             text.contains(&format!("rules/{integration}.yaml: ")),
             "{integration} missing:\n{text}"

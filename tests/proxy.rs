@@ -157,13 +157,20 @@ async fn hop_by_hop_headers_are_stripped_and_host_rewritten() {
         .header("keep-alive", "timeout=5")
         .header("proxy-authorization", "Basic c2VjcmV0")
         .header("te", "trailers")
+        .header("grantd-internal", "not for the provider")
         .header("x-kept", "1")
         .body(Full::default())
         .unwrap();
     let got = send(req).await.json();
     let headers = got["headers"].as_object().unwrap();
     assert_eq!(headers["host"], up.to_string(), "Host is the upstream's");
-    for gone in ["x-private-hop", "keep-alive", "proxy-authorization", "te"] {
+    for gone in [
+        "x-private-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "grantd-internal",
+    ] {
         assert!(
             !headers.contains_key(gone),
             "{gone} was forwarded: {headers:?}"
@@ -179,6 +186,7 @@ async fn hop_by_hop_response_headers_are_stripped() {
             .header("connection", "x-upstream-hop")
             .header("x-upstream-hop", "1")
             .header("keep-alive", "timeout=5")
+            .header("grantd-action", "reauth")
             .header("x-kept", "1")
             .body(full("ok"))
             .unwrap()
@@ -188,6 +196,10 @@ async fn hop_by_hop_response_headers_are_stripped() {
     let got = get(g.addr, "/plain/x").await;
     assert!(got.header("x-upstream-hop").is_none());
     assert!(got.header("keep-alive").is_none());
+    assert!(
+        got.header("grantd-action").is_none(),
+        "a provider cannot speak for grantd"
+    );
     assert_eq!(got.header("x-kept"), Some("1"));
 }
 

@@ -18,6 +18,26 @@ pub struct TestResult {
 }
 
 /// Evaluates a captured response against an integration's rules.
+///
+/// ```
+/// use grantd::rules::{check::evaluate_captured, file, Endpoint, Outcome};
+/// let set = file::parse("slack.yaml", r#"
+/// integration: slack
+/// base_url: https://slack.com/api
+/// rules:
+///   - name: token-expired
+///     match: { status: [200], content_type: json }
+///     expr: 'body.error = "token_expired" ? { "status": 401, "action": "refresh" }'
+/// "#, Some("slack")).unwrap();
+/// let response: file::CapturedResponse =
+///     serde_json::from_str(r#"{"status": 200, "body": {"ok": false, "error": "token_expired"}}"#).unwrap();
+/// let request = file::RequestSpec { method: "POST".into(), path: "/chat.postMessage".into() };
+/// let budget = grantd::rules::default_budget();
+/// match evaluate_captured(&set, Endpoint::Api, &request, &response, &budget) {
+///     Outcome::Verdict(v) => assert_eq!((v.rule.as_str(), v.status), ("token-expired", 401)),
+///     other => panic!("{other:?}"),
+/// }
+/// ```
 pub fn evaluate_captured(
     set: &RuleSet,
     on: Endpoint,

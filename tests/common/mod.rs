@@ -181,6 +181,16 @@ impl GrantdBuilder {
     }
 }
 
+/// The rule files grantd ships; each must have tests and catalog coverage.
+pub const SHIPPED: &[&str] = &[
+    "slack",
+    "github",
+    "google",
+    "microsoft",
+    "salesforce",
+    "hubspot",
+];
+
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
