@@ -9,5 +9,6 @@ pub mod cli;
 pub mod config;
 pub mod proxy;
 pub mod rules;
+pub mod store;
 pub mod telemetry;
 pub mod upstream;

@@ -1,0 +1,161 @@
+//! Durable connection state behind one trait: the embedded SQLite store now, PostgreSQL later.
+//!
+//! Owns rows, leases and the transition log. Every state change is a compare-and-swap on the
+//! row's `version`, and a status change writes its transition in the same transaction. It must
+//! not see plaintext tokens (`grants` seals them before they get here) and must not decide
+//! policy (what a failure means is the refresher's business).
+
+pub mod sqlite;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Connection status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Active,
+    /// The grant is dead: only the user consenting again helps. Traffic is paused.
+    NeedsReauth,
+    /// The integration's client credentials were rejected: the operator must fix config.
+    ConfigError,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::NeedsReauth => "needs_reauth",
+            Status::ConfigError => "config_error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        match s {
+            "active" => Some(Status::Active),
+            "needs_reauth" => Some(Status::NeedsReauth),
+            "config_error" => Some(Status::ConfigError),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The last refresh failure, for operators (never contains a token).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LastError {
+    pub class: String,
+    pub provider_status: Option<u16>,
+    pub description: Option<String>,
+    pub at: i64,
+}
+
+/// One connection as stored. Tokens are sealed bytes; times are unix milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub id: String,
+    pub integration: String,
+    pub status: Status,
+    pub key_id: String,
+    pub access_token: Option<Vec<u8>>,
+    pub refresh_token: Option<Vec<u8>>,
+    pub expires_at: Option<i64>,
+    pub scopes: String,
+    pub metadata: serde_json::Value,
+    pub version: i64,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    pub refresh_failures: i64,
+    pub next_attempt_at: Option<i64>,
+    pub last_error: Option<LastError>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A status change and why, recorded with the write that makes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub from: Option<Status>,
+    pub to: Status,
+    pub cause: String,
+    pub detail: serde_json::Value,
+}
+
+/// A recorded transition.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TransitionRecord {
+    pub seq: i64,
+    pub connection_id: String,
+    pub integration: String,
+    pub from_status: Option<Status>,
+    pub to_status: Status,
+    pub cause: String,
+    pub detail: serde_json::Value,
+    pub at: i64,
+}
+
+/// Filter and page for listing connections (ordered by id; `after` is the last id seen).
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub integration: Option<String>,
+    pub status: Option<Status>,
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Db(String),
+    #[error("store: corrupt row {id}: {what}")]
+    Corrupt { id: String, what: String },
+}
+
+/// The store trait. Implementations must make `cas` and `put` atomic with their transition.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get(&self, id: &str) -> Result<Option<Row>, StoreError>;
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Row>, StoreError>;
+    /// Creates the row or replaces it unconditionally (the app imported new credentials):
+    /// version becomes the old one + 1 (or 1), and any lease is dropped. Returns the row.
+    async fn put(&self, row: Row, transition: Option<Transition>) -> Result<Row, StoreError>;
+    /// Writes `row` (whose `version` must be `expected + 1`) only if the stored version is
+    /// still `expected`. False when someone else wrote first.
+    async fn cas(
+        &self,
+        row: &Row,
+        expected: i64,
+        transition: Option<Transition>,
+    ) -> Result<bool, StoreError>;
+    async fn delete(&self, id: &str) -> Result<bool, StoreError>;
+    /// Takes the refresh lease if it is free, expired, or already `owner`'s.
+    async fn acquire_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError>;
+    async fn release_lease(&self, id: &str, owner: &str) -> Result<(), StoreError>;
+    /// Active connections expiring before `horizon` that may be attempted now and hold no live
+    /// lease, soonest first.
+    async fn due(&self, now: i64, horizon: i64, limit: u32) -> Result<Vec<Row>, StoreError>;
+    /// (integration, status, count) for every pair present.
+    async fn counts(&self) -> Result<Vec<(String, Status, i64)>, StoreError>;
+    async fn transitions(&self, id: &str) -> Result<Vec<TransitionRecord>, StoreError>;
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

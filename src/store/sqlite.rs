@@ -1,0 +1,515 @@
+//! The embedded store: one SQLite file in WAL mode, shared safely by several grantd processes
+//! (writes are single-statement CAS inside short transactions; `busy_timeout` waits for locks).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row as _, SqlitePool};
+
+use super::{LastError, ListQuery, Row, Status, Store, StoreError, Transition, TransitionRecord};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn db(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the file and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .map_err(db)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a rotated refresh token that was acknowledged survives a power cut too.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Db(format!("migrating {}: {e}", path.display())))?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+const COLUMNS: &str = "id, integration, status, key_id, access_token, refresh_token, expires_at, scopes, metadata, \
+    version, lease_owner, lease_until, refresh_failures, next_attempt_at, last_error_class, last_error_status, \
+    last_error_description, last_error_at, created_at, updated_at";
+
+fn from_row(r: &SqliteRow) -> Result<Row, StoreError> {
+    let id: String = r.try_get("id").map_err(db)?;
+    let corrupt = |what: &str| StoreError::Corrupt {
+        id: id.clone(),
+        what: what.to_string(),
+    };
+    let status: String = r.try_get("status").map_err(db)?;
+    let metadata: String = r.try_get("metadata").map_err(db)?;
+    let last_error = match r
+        .try_get::<Option<String>, _>("last_error_class")
+        .map_err(db)?
+    {
+        None => None,
+        Some(class) => Some(LastError {
+            class,
+            provider_status: r
+                .try_get::<Option<i64>, _>("last_error_status")
+                .map_err(db)?
+                .map(|s| s as u16),
+            description: r.try_get("last_error_description").map_err(db)?,
+            at: r
+                .try_get::<Option<i64>, _>("last_error_at")
+                .map_err(db)?
+                .unwrap_or(0),
+        }),
+    };
+    Ok(Row {
+        integration: r.try_get("integration").map_err(db)?,
+        status: Status::parse(&status).ok_or_else(|| corrupt("unknown status"))?,
+        key_id: r.try_get("key_id").map_err(db)?,
+        access_token: r.try_get("access_token").map_err(db)?,
+        refresh_token: r.try_get("refresh_token").map_err(db)?,
+        expires_at: r.try_get("expires_at").map_err(db)?,
+        scopes: r.try_get("scopes").map_err(db)?,
+        metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata is not JSON"))?,
+        version: r.try_get("version").map_err(db)?,
+        lease_owner: r.try_get("lease_owner").map_err(db)?,
+        lease_until: r.try_get("lease_until").map_err(db)?,
+        refresh_failures: r.try_get("refresh_failures").map_err(db)?,
+        next_attempt_at: r.try_get("next_attempt_at").map_err(db)?,
+        last_error,
+        created_at: r.try_get("created_at").map_err(db)?,
+        updated_at: r.try_get("updated_at").map_err(db)?,
+        id,
+    })
+}
+
+async fn record(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    row: &Row,
+    t: &Transition,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO transitions (connection_id, integration, from_status, to_status, cause, detail, at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&row.id)
+    .bind(&row.integration)
+    .bind(t.from.map(Status::as_str))
+    .bind(t.to.as_str())
+    .bind(&t.cause)
+    .bind(t.detail.to_string())
+    .bind(row.updated_at)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn get(&self, id: &str) -> Result<Option<Row>, StoreError> {
+        let r = sqlx::query(&format!("SELECT {COLUMNS} FROM connections WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        r.as_ref().map(from_row).transpose()
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<Vec<Row>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM connections WHERE (? IS NULL OR integration = ?) AND (? IS NULL OR status = ?) \
+             AND (? IS NULL OR id > ?) ORDER BY id LIMIT ?"
+        ))
+        .bind(&q.integration)
+        .bind(&q.integration)
+        .bind(q.status.map(Status::as_str))
+        .bind(q.status.map(Status::as_str))
+        .bind(&q.after)
+        .bind(&q.after)
+        .bind(q.limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(from_row).collect()
+    }
+
+    async fn put(&self, mut row: Row, transition: Option<Transition>) -> Result<Row, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // The upsert is the transaction's first statement, so it takes the write lock at once.
+        let version: i64 = sqlx::query_scalar(
+            "INSERT INTO connections (id, integration, status, key_id, access_token, refresh_token, expires_at, \
+               scopes, metadata, version, refresh_failures, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 0, ?, ?) \
+             ON CONFLICT(id) DO UPDATE SET integration = excluded.integration, status = excluded.status, \
+               key_id = excluded.key_id, access_token = excluded.access_token, refresh_token = excluded.refresh_token, \
+               expires_at = excluded.expires_at, scopes = excluded.scopes, metadata = excluded.metadata, \
+               version = connections.version + 1, lease_owner = NULL, lease_until = NULL, refresh_failures = 0, \
+               next_attempt_at = NULL, last_error_class = NULL, last_error_status = NULL, \
+               last_error_description = NULL, last_error_at = NULL, updated_at = excluded.updated_at \
+             RETURNING version",
+        )
+        .bind(&row.id)
+        .bind(&row.integration)
+        .bind(row.status.as_str())
+        .bind(&row.key_id)
+        .bind(&row.access_token)
+        .bind(&row.refresh_token)
+        .bind(row.expires_at)
+        .bind(&row.scopes)
+        .bind(row.metadata.to_string())
+        .bind(row.created_at)
+        .bind(row.updated_at)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        if let Some(t) = &transition {
+            record(&mut tx, &row, t).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        row.version = version;
+        row.lease_owner = None;
+        row.lease_until = None;
+        row.refresh_failures = 0;
+        row.next_attempt_at = None;
+        row.last_error = None;
+        Ok(row)
+    }
+
+    async fn cas(
+        &self,
+        row: &Row,
+        expected: i64,
+        transition: Option<Transition>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let e = row.last_error.as_ref();
+        let updated = sqlx::query(
+            "UPDATE connections SET status = ?, key_id = ?, access_token = ?, refresh_token = ?, expires_at = ?, \
+               scopes = ?, metadata = ?, version = ?, lease_owner = ?, lease_until = ?, refresh_failures = ?, \
+               next_attempt_at = ?, last_error_class = ?, last_error_status = ?, last_error_description = ?, \
+               last_error_at = ?, updated_at = ? \
+             WHERE id = ? AND version = ?",
+        )
+        .bind(row.status.as_str())
+        .bind(&row.key_id)
+        .bind(&row.access_token)
+        .bind(&row.refresh_token)
+        .bind(row.expires_at)
+        .bind(&row.scopes)
+        .bind(row.metadata.to_string())
+        .bind(row.version)
+        .bind(&row.lease_owner)
+        .bind(row.lease_until)
+        .bind(row.refresh_failures)
+        .bind(row.next_attempt_at)
+        .bind(e.map(|e| e.class.clone()))
+        .bind(e.and_then(|e| e.provider_status).map(|s| s as i64))
+        .bind(e.and_then(|e| e.description.clone()))
+        .bind(e.map(|e| e.at))
+        .bind(row.updated_at)
+        .bind(&row.id)
+        .bind(expected)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if updated == 0 {
+            tx.rollback().await.map_err(db)?;
+            return Ok(false);
+        }
+        if let Some(t) = &transition {
+            record(&mut tx, row, t).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+
+    async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        let n = sqlx::query("DELETE FROM connections WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE connections SET lease_owner = ?, lease_until = ? \
+             WHERE id = ? AND (lease_owner IS NULL OR lease_until < ? OR lease_owner = ?)",
+        )
+        .bind(owner)
+        .bind(until)
+        .bind(id)
+        .bind(now)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn release_lease(&self, id: &str, owner: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE connections SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?")
+            .bind(id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn due(&self, now: i64, horizon: i64, limit: u32) -> Result<Vec<Row>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM connections WHERE status = 'active' AND refresh_token IS NOT NULL \
+             AND expires_at IS NOT NULL AND expires_at < ? AND (next_attempt_at IS NULL OR next_attempt_at <= ?) \
+             AND (lease_until IS NULL OR lease_until < ?) ORDER BY expires_at LIMIT ?"
+        ))
+        .bind(horizon)
+        .bind(now)
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(from_row).collect()
+    }
+
+    async fn counts(&self) -> Result<Vec<(String, Status, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT integration, status, COUNT(*) AS n FROM connections GROUP BY integration, status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                let status: String = r.try_get("status").map_err(db)?;
+                Ok((
+                    r.try_get("integration").map_err(db)?,
+                    Status::parse(&status)
+                        .ok_or_else(|| StoreError::Db(format!("unknown status {status}")))?,
+                    r.try_get("n").map_err(db)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn transitions(&self, id: &str) -> Result<Vec<TransitionRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, connection_id, integration, from_status, to_status, cause, detail, at \
+             FROM transitions WHERE connection_id = ? ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                let from: Option<String> = r.try_get("from_status").map_err(db)?;
+                let to: String = r.try_get("to_status").map_err(db)?;
+                let detail: String = r.try_get("detail").map_err(db)?;
+                Ok(TransitionRecord {
+                    seq: r.try_get("seq").map_err(db)?,
+                    connection_id: r.try_get("connection_id").map_err(db)?,
+                    integration: r.try_get("integration").map_err(db)?,
+                    from_status: from.as_deref().and_then(Status::parse),
+                    to_status: Status::parse(&to)
+                        .ok_or_else(|| StoreError::Db(format!("unknown status {to}")))?,
+                    cause: r.try_get("cause").map_err(db)?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                    at: r.try_get("at").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::now_ms;
+
+    fn row(id: &str) -> Row {
+        let now = now_ms();
+        Row {
+            id: id.into(),
+            integration: "slack".into(),
+            status: Status::Active,
+            key_id: "k1".into(),
+            access_token: Some(b"sealed-a".to_vec()),
+            refresh_token: Some(b"sealed-r".to_vec()),
+            expires_at: Some(now + 60_000),
+            scopes: "chat:write".into(),
+            metadata: serde_json::json!({"team": "T1"}),
+            version: 0,
+            lease_owner: None,
+            lease_until: None,
+            refresh_failures: 0,
+            next_attempt_at: None,
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    async fn open() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("grantd.db"))
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn put_creates_then_replaces_bumping_the_version() {
+        let (_d, s) = open().await;
+        assert_eq!(s.put(row("a"), None).await.unwrap().version, 1);
+        let mut r = row("a");
+        r.access_token = Some(b"sealed-b".to_vec());
+        assert_eq!(s.put(r, None).await.unwrap().version, 2);
+        let got = s.get("a").await.unwrap().unwrap();
+        assert_eq!(
+            (got.version, got.access_token.as_deref()),
+            (2, Some(&b"sealed-b"[..]))
+        );
+        assert_eq!(got.metadata["team"], "T1");
+    }
+
+    #[tokio::test]
+    async fn cas_writes_only_on_the_expected_version_and_records_transitions() {
+        let (_d, s) = open().await;
+        let stored = s.put(row("a"), None).await.unwrap();
+        let mut next = stored.clone();
+        next.version = 2;
+        next.status = Status::NeedsReauth;
+        let t = Transition {
+            from: Some(Status::Active),
+            to: Status::NeedsReauth,
+            cause: "refresh_failed".into(),
+            detail: serde_json::json!({"error": "invalid_grant"}),
+        };
+        assert!(s.cas(&next, 1, Some(t.clone())).await.unwrap());
+        assert!(
+            !s.cas(&next, 1, Some(t)).await.unwrap(),
+            "stale version loses"
+        );
+        let log = s.transitions("a").await.unwrap();
+        assert_eq!(log.len(), 1, "the losing CAS recorded nothing");
+        assert_eq!(
+            (log[0].from_status, log[0].to_status),
+            (Some(Status::Active), Status::NeedsReauth)
+        );
+    }
+
+    #[tokio::test]
+    async fn leases_are_exclusive_until_they_expire() {
+        let (_d, s) = open().await;
+        s.put(row("a"), None).await.unwrap();
+        let now = now_ms();
+        assert!(s.acquire_lease("a", "p1", now, now + 1000).await.unwrap());
+        assert!(!s.acquire_lease("a", "p2", now, now + 1000).await.unwrap());
+        assert!(
+            s.acquire_lease("a", "p1", now, now + 2000).await.unwrap(),
+            "the holder may extend"
+        );
+        assert!(
+            s.acquire_lease("a", "p2", now + 2001, now + 3000)
+                .await
+                .unwrap(),
+            "taken over after expiry"
+        );
+        s.release_lease("a", "p1").await.unwrap();
+        assert_eq!(
+            s.get("a").await.unwrap().unwrap().lease_owner.as_deref(),
+            Some("p2"),
+            "only the owner releases"
+        );
+    }
+
+    #[tokio::test]
+    async fn due_lists_active_expiring_unleased_rows() {
+        let (_d, s) = open().await;
+        let now = now_ms();
+        for (id, expires) in [("soon", now + 10_000), ("later", now + 3_600_000)] {
+            let mut r = row(id);
+            r.expires_at = Some(expires);
+            s.put(r, None).await.unwrap();
+        }
+        let due = s.due(now, now + 60_000, 10).await.unwrap();
+        assert_eq!(
+            due.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            vec!["soon"]
+        );
+        s.acquire_lease("soon", "p", now, now + 5000).await.unwrap();
+        assert!(s.due(now, now + 60_000, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn list_pages_and_filters_and_counts_group() {
+        let (_d, s) = open().await;
+        for id in ["a", "b", "c"] {
+            s.put(row(id), None).await.unwrap();
+        }
+        let mut gh = row("d");
+        gh.integration = "github".into();
+        s.put(gh, None).await.unwrap();
+        let page = s
+            .list(&ListQuery {
+                integration: Some("slack".into()),
+                limit: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            page.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
+        let next = s
+            .list(&ListQuery {
+                integration: Some("slack".into()),
+                after: Some("b".into()),
+                limit: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            next.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            vec!["c"]
+        );
+        let mut counts = s.counts().await.unwrap();
+        counts.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            counts,
+            vec![
+                ("github".into(), Status::Active, 1),
+                ("slack".into(), Status::Active, 3)
+            ]
+        );
+        assert!(s.delete("a").await.unwrap());
+        assert!(s.get("a").await.unwrap().is_none());
+    }
+}
