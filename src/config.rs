@@ -41,6 +41,15 @@ pub struct Config {
     pub evaluation: EvaluationConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Required by `serve`: tokens are encrypted at rest with it.
+    #[serde(default)]
+    pub encryption: Option<EncryptionConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub refresh: RefreshConfig,
     /// Per-integration overrides, keyed by integration name.
     #[serde(default)]
     pub integrations: BTreeMap<String, IntegrationConfig>,
@@ -75,6 +84,163 @@ pub struct EvaluationConfig {
     pub max_sequence_length: usize,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The embedded store's SQLite file, relative to the config file.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: default_store_path(),
+        }
+    }
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("grantd.db")
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// Base64 of 32 random bytes; seals new writes.
+    pub key: String,
+    /// Older keys, still accepted for reading (key rotation).
+    #[serde(default)]
+    pub previous_keys: Vec<String>,
+}
+
+impl std::fmt::Debug for EncryptionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "EncryptionConfig(key: ***, {} previous)",
+            self.previous_keys.len()
+        )
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// Bearer token required on every admin request; the admin API is off without it.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "AdminConfig(listen: {}, token: {})",
+            self.listen,
+            if self.token.is_some() { "***" } else { "none" }
+        )
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            token: None,
+        }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4181))
+}
+
+/// The refresher's timing. `lease` must exceed `token_timeout`, so a lease can only expire
+/// after its holder's token call has already given up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshConfig {
+    /// Refresh this long before expiry, at a random point between min and max.
+    #[serde(with = "humantime_serde", default = "d60")]
+    pub window_min: Duration,
+    #[serde(with = "humantime_serde", default = "d180")]
+    pub window_max: Duration,
+    /// A token this close to expiry is treated as expired on the request path.
+    #[serde(with = "humantime_serde", default = "d10")]
+    pub expiry_margin: Duration,
+    /// Lifetime assumed when a token response has no `expires_in`.
+    #[serde(with = "humantime_serde", default = "d3600")]
+    pub default_lifetime: Duration,
+    #[serde(with = "humantime_serde", default = "d10")]
+    pub token_timeout: Duration,
+    #[serde(with = "humantime_serde", default = "d30")]
+    pub lease: Duration,
+    /// How often a waiter re-checks a lease held by someone else.
+    #[serde(with = "humantime_serde", default = "d100ms")]
+    pub lease_poll: Duration,
+    #[serde(with = "humantime_serde", default = "d1")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_serde", default = "d300")]
+    pub backoff_max: Duration,
+    #[serde(default = "default_refresh_cap")]
+    pub max_concurrent_per_integration: usize,
+    /// How often the proactive loop looks for connections nearing expiry.
+    #[serde(with = "humantime_serde", default = "d5")]
+    pub scan_interval: Duration,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        RefreshConfig {
+            window_min: d60(),
+            window_max: d180(),
+            expiry_margin: d10(),
+            default_lifetime: d3600(),
+            token_timeout: d10(),
+            lease: d30(),
+            lease_poll: d100ms(),
+            backoff_base: d1(),
+            backoff_max: d300(),
+            max_concurrent_per_integration: default_refresh_cap(),
+            scan_interval: d5(),
+        }
+    }
+}
+
+fn d100ms() -> Duration {
+    Duration::from_millis(100)
+}
+fn d1() -> Duration {
+    Duration::from_secs(1)
+}
+fn d5() -> Duration {
+    Duration::from_secs(5)
+}
+fn d10() -> Duration {
+    Duration::from_secs(10)
+}
+fn d30() -> Duration {
+    Duration::from_secs(30)
+}
+fn d60() -> Duration {
+    Duration::from_secs(60)
+}
+fn d180() -> Duration {
+    Duration::from_secs(180)
+}
+fn d300() -> Duration {
+    Duration::from_secs(300)
+}
+fn d3600() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_refresh_cap() -> usize {
+    4
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -90,12 +256,30 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntegrationConfig {
     /// Replaces the rule file's `base_url` (e.g. a sandbox or a local fake provider).
     #[serde(default)]
     pub base_url: Option<String>,
+    /// Replaces the rule file's `auth.token_url`.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<String>,
+}
+
+impl std::fmt::Debug for IntegrationConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntegrationConfig")
+            .field("base_url", &self.base_url)
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl Default for UpstreamConfig {
@@ -130,6 +314,10 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             evaluation: EvaluationConfig::default(),
             log: LogConfig::default(),
+            store: StoreConfig::default(),
+            encryption: None,
+            admin: AdminConfig::default(),
+            refresh: RefreshConfig::default(),
             integrations: BTreeMap::new(),
         }
     }
@@ -224,6 +412,7 @@ impl Config {
         let mut config = Self::parse(&text, &|name| std::env::var(name).ok()).map_err(err)?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.rules_dir = base.join(&config.rules_dir);
+        config.store.path = base.join(&config.store.path);
         if let Some(ca) = &config.upstream.ca_bundle {
             config.upstream.ca_bundle = Some(base.join(ca));
         }
@@ -256,6 +445,16 @@ impl Config {
         }
         if self.max_buffered_body.0 == 0 {
             return Err("max_buffered_body: must be greater than 0".into());
+        }
+        let r = &self.refresh;
+        if r.lease <= r.token_timeout {
+            return Err("refresh.lease must be longer than refresh.token_timeout".into());
+        }
+        if r.window_min > r.window_max {
+            return Err("refresh.window_min must not exceed refresh.window_max".into());
+        }
+        if r.max_concurrent_per_integration == 0 {
+            return Err("refresh.max_concurrent_per_integration must be at least 1".into());
         }
         if self.evaluation.timeout.is_zero() {
             return Err("evaluation.timeout: must be greater than 0".into());
@@ -422,6 +621,26 @@ mod tests {
         assert!(
             e.contains("max_buffered_body") && e.contains("parsecs"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn refresh_lease_must_outlive_the_token_call() {
+        let e = Config::parse("refresh: { lease: 5s, token_timeout: 10s }\n", &env).unwrap_err();
+        assert!(e.contains("refresh.lease"), "{e}");
+    }
+
+    #[test]
+    fn secrets_in_config_never_print() {
+        let c = Config::parse(
+            "encryption: { key: c2VjcmV0LWtleQ== }\nadmin: { token: hunter2 }\nintegrations:\n  x: { base_url: 'http://a', client_id: id, client_secret: s3cr3t }\n",
+            &env,
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("c2VjcmV0") && !shown.contains("hunter2") && !shown.contains("s3cr3t"),
+            "{shown}"
         );
     }
 

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod grants;
 pub mod proxy;
 pub mod rules;
 pub mod store;

@@ -70,6 +70,12 @@ impl BaseUrl {
         })
     }
 
+    /// Validates a URL that may hold `{metadata.KEY}` placeholders (filled per connection).
+    pub fn parse_template(s: &str) -> Result<(), String> {
+        let probe = fill_template(s, &serde_json::json!({}), true)?;
+        BaseUrl::parse(&probe).map(|_| ())
+    }
+
     /// `{base}/{rest}?{query}`; `rest` has been checked for dot segments by the caller.
     fn join(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
         let mut pq = String::with_capacity(
@@ -482,6 +488,41 @@ impl Proxy {
             ),
         }
     }
+}
+
+/// Replaces `{metadata.KEY}` with the connection's metadata. With `probe`, placeholders are
+/// filled with a dummy value (to validate the template's shape at load).
+pub fn fill_template(
+    template: &str,
+    metadata: &serde_json::Value,
+    probe: bool,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find('}')
+            .ok_or_else(|| format!("unclosed `{{` in `{template}`"))?
+            + start;
+        let key = rest[start + 1..end]
+            .strip_prefix("metadata.")
+            .ok_or_else(|| {
+                format!("only {{metadata.KEY}} placeholders are allowed in `{template}`")
+            })?;
+        if probe {
+            out.push_str("placeholder");
+        } else {
+            match metadata.get(key) {
+                Some(serde_json::Value::String(v)) => out.push_str(v),
+                Some(serde_json::Value::Number(n)) => out.push_str(&n.to_string()),
+                _ => return Err(format!("the connection has no metadata `{key}`")),
+            }
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// The engine checks its own deadline; this grace lets it report a precise error first.

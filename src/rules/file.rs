@@ -21,9 +21,66 @@ struct FileSpec {
     #[allow(dead_code)] // documentation for humans; kept so the key is accepted
     description: Option<String>,
     #[serde(default)]
+    auth: Option<AuthSpec>,
+    #[serde(default)]
     rules: Vec<RuleSpec>,
     #[serde(default)]
     tests: Vec<TestSpec>,
+}
+
+/// How the integration does OAuth. Client id and secret come from the deployment config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSpec {
+    #[serde(default)]
+    pub authorize_url: Option<String>,
+    /// May use `{metadata.KEY}` placeholders, like `base_url`.
+    pub token_url: String,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Extra form parameters for token requests.
+    #[serde(default)]
+    pub token_params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub inject: Inject,
+}
+
+/// RFC 6749 §2.3.1: `basic` (form-urlencoded id and secret inside HTTP Basic) or `body`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    Basic,
+    #[default]
+    Body,
+}
+
+/// Where the access token goes: a header with a format, or a query parameter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inject {
+    #[serde(default = "default_inject_header")]
+    pub header: String,
+    #[serde(default = "default_inject_format")]
+    pub format: String,
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+impl Default for Inject {
+    fn default() -> Self {
+        Inject {
+            header: default_inject_header(),
+            format: default_inject_format(),
+            query: None,
+        }
+    }
+}
+
+fn default_inject_header() -> String {
+    "authorization".into()
+}
+fn default_inject_format() -> String {
+    "Bearer {access_token}".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,8 +305,24 @@ pub fn parse(file: &str, text: &str, stem: Option<&str>) -> Result<RuleSet, Vec<
             ));
         }
     }
-    if let Err(e) = crate::proxy::BaseUrl::parse(&spec.base_url) {
+    if let Err(e) = crate::proxy::BaseUrl::parse_template(&spec.base_url) {
         errors.push(format!("{file}:1: base_url: {e}"));
+    }
+    if let Some(auth) = &spec.auth {
+        if let Err(e) = crate::proxy::BaseUrl::parse_template(&auth.token_url) {
+            errors.push(format!("{file}:1: auth.token_url: {e}"));
+        }
+        if !auth.inject.format.contains("{access_token}") {
+            errors.push(format!(
+                "{file}:1: auth.inject.format must contain {{access_token}}"
+            ));
+        }
+        if http::HeaderName::from_bytes(auth.inject.header.as_bytes()).is_err() {
+            errors.push(format!(
+                "{file}:1: auth.inject.header `{}` is not a header name",
+                auth.inject.header
+            ));
+        }
     }
     let rules = compile_rules(file, &spec.rules, &lines, &mut errors);
     let tests = collect_tests(file, spec.tests, &rules, &lines, &mut errors);
@@ -260,6 +333,7 @@ pub fn parse(file: &str, text: &str, stem: Option<&str>) -> Result<RuleSet, Vec<
         integration: spec.integration,
         file: file.to_string(),
         base_url: spec.base_url,
+        auth: spec.auth,
         rules,
         tests,
     })

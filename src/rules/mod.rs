@@ -182,6 +182,7 @@ pub struct RuleSet {
     pub integration: String,
     pub file: String,
     pub base_url: String,
+    pub auth: Option<file::AuthSpec>,
     pub rules: Vec<Rule>,
     pub tests: Vec<file::TestCase>,
 }
@@ -193,6 +194,7 @@ impl RuleSet {
             integration: integration.to_string(),
             file: "(config)".into(),
             base_url,
+            auth: None,
             rules: Vec::new(),
             tests: Vec::new(),
         }

@@ -1,0 +1,491 @@
+//! OAuth grants: connections, their tokens, and keeping them alive.
+//!
+//! Owns the plaintext side of tokens (sealing and opening them, the in-memory cache the proxy
+//! reads), the single-flight refresher ([`refresh`]) and the status machine (`active`,
+//! `needs_reauth`, `config_error`) with its recorded transitions. It must not speak HTTP to the
+//! app (that is `proxy` and `admin`) and must never put a token in a log line, an error or a view.
+
+pub mod crypto;
+pub mod refresh;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{now_ms, ListQuery, Row, Status, Store, StoreError, Transition};
+use crypto::Keyring;
+
+/// A secret string: its `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A connection with its tokens opened, as the proxy and refresher use it.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub id: String,
+    pub integration: String,
+    pub status: Status,
+    pub version: i64,
+    pub access_token: Option<Secret>,
+    pub refresh_token: Option<Secret>,
+    pub expires_at: Option<i64>,
+    pub scopes: String,
+    pub metadata: serde_json::Value,
+}
+
+impl Grant {
+    /// True when the access token is usable for at least `margin_ms` more.
+    pub fn fresh(&self, now: i64, margin_ms: i64) -> bool {
+        self.access_token.is_some() && self.expires_at.is_none_or(|e| e > now + margin_ms)
+    }
+}
+
+/// What the admin API shows of a connection: status and facts, never a token.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionView {
+    pub id: String,
+    pub integration: String,
+    pub status: Status,
+    pub version: i64,
+    pub has_access_token: bool,
+    pub has_refresh_token: bool,
+    pub expires_at: Option<String>,
+    pub scopes: Vec<String>,
+    pub metadata: serde_json::Value,
+    pub refresh_failures: i64,
+    pub next_attempt_at: Option<String>,
+    pub last_error: Option<crate::store::LastError>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// `PUT /v1/connections/{id}`: the app imports tokens it obtained itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutConnection {
+    pub integration: String,
+    pub credentials: Credentials,
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub access_token: Option<Secret>,
+    pub refresh_token: Option<Secret>,
+    pub expires_in: Option<i64>,
+    /// RFC 3339.
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error("no connection `{0}`")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("connection `{id}` has an unreadable token: {why}")]
+    Unreadable { id: String, why: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The grant service shared by the proxy, the admin API and the refresher.
+pub struct Grants {
+    store: Arc<dyn Store>,
+    keys: Keyring,
+    cache: Mutex<HashMap<String, Arc<Grant>>>,
+}
+
+fn aad(id: &str, field: &str) -> String {
+    format!("{id}\0{field}")
+}
+
+impl Grants {
+    pub fn new(store: Arc<dyn Store>, keys: Keyring) -> Grants {
+        Grants {
+            store,
+            keys,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The cached grant, if any; the proxy's fast path (no I/O).
+    pub fn cached(&self, id: &str) -> Option<Arc<Grant>> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn remember(&self, grant: Grant) -> Arc<Grant> {
+        let grant = Arc::new(grant);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        // Never replace a newer version with an older one (two readers racing).
+        match cache.get(&grant.id) {
+            Some(have) if have.version > grant.version => have.clone(),
+            _ => {
+                cache.insert(grant.id.clone(), grant.clone());
+                grant
+            }
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// Reads the row from the store, opens it and caches it.
+    pub async fn load(&self, id: &str) -> Result<Arc<Grant>, GrantError> {
+        match self.store.get(id).await? {
+            Some(row) => Ok(self.remember(self.open(&row)?)),
+            None => {
+                self.forget(id);
+                Err(GrantError::NotFound(id.to_string()))
+            }
+        }
+    }
+
+    pub fn open(&self, row: &Row) -> Result<Grant, GrantError> {
+        let open = |field: &str, sealed: &Option<Vec<u8>>| -> Result<Option<Secret>, GrantError> {
+            sealed
+                .as_ref()
+                .map(|s| {
+                    self.keys
+                        .open(&row.key_id, &aad(&row.id, field), s)
+                        .map_err(|e| GrantError::Unreadable {
+                            id: row.id.clone(),
+                            why: e.to_string(),
+                        })
+                        .and_then(|p| {
+                            String::from_utf8(p)
+                                .map(Secret)
+                                .map_err(|_| GrantError::Unreadable {
+                                    id: row.id.clone(),
+                                    why: "token is not UTF-8".into(),
+                                })
+                        })
+                })
+                .transpose()
+        };
+        Ok(Grant {
+            id: row.id.clone(),
+            integration: row.integration.clone(),
+            status: row.status,
+            version: row.version,
+            access_token: open("access_token", &row.access_token)?,
+            refresh_token: open("refresh_token", &row.refresh_token)?,
+            expires_at: row.expires_at,
+            scopes: row.scopes.clone(),
+            metadata: row.metadata.clone(),
+        })
+    }
+
+    /// Seals `grant`'s tokens into `row` with the active key.
+    pub fn seal_into(&self, row: &mut Row, access: Option<&Secret>, refresh: Option<&Secret>) {
+        row.key_id = self.keys.active_id().to_string();
+        row.access_token = access.map(|t| {
+            self.keys
+                .seal(&aad(&row.id, "access_token"), t.expose().as_bytes())
+        });
+        row.refresh_token = refresh.map(|t| {
+            self.keys
+                .seal(&aad(&row.id, "refresh_token"), t.expose().as_bytes())
+        });
+    }
+
+    /// Creates or replaces a connection. A connection that was not `active` becomes active
+    /// again, recorded as a `credentials_updated` transition.
+    pub async fn put(&self, id: &str, req: PutConnection) -> Result<ConnectionView, GrantError> {
+        validate_id(id)?;
+        let now = now_ms();
+        let c = &req.credentials;
+        if c.access_token.is_none() && c.refresh_token.is_none() {
+            return Err(GrantError::Invalid(
+                "credentials need an access_token or a refresh_token".into(),
+            ));
+        }
+        let expires_at = match (c.expires_in, &c.expires_at) {
+            (Some(_), Some(_)) => {
+                return Err(GrantError::Invalid(
+                    "give expires_in or expires_at, not both".into(),
+                ))
+            }
+            (Some(secs), None) if secs >= 0 => Some(now + secs * 1000),
+            (Some(_), None) => {
+                return Err(GrantError::Invalid(
+                    "expires_in must not be negative".into(),
+                ))
+            }
+            (None, Some(at)) => Some(parse_rfc3339(at).ok_or_else(|| {
+                GrantError::Invalid(format!("expires_at `{at}` is not RFC 3339"))
+            })?),
+            (None, None) => None,
+        };
+        let previous = self.store.get(id).await?;
+        let mut row = Row {
+            id: id.to_string(),
+            integration: req.integration.clone(),
+            status: Status::Active,
+            key_id: String::new(),
+            access_token: None,
+            refresh_token: None,
+            expires_at,
+            scopes: c.scopes.as_ref().map(|s| s.join(" ")).unwrap_or_default(),
+            metadata: serde_json::Value::Object(req.metadata),
+            version: 0,
+            lease_owner: None,
+            lease_until: None,
+            refresh_failures: 0,
+            next_attempt_at: None,
+            last_error: None,
+            created_at: previous.as_ref().map_or(now, |p| p.created_at),
+            updated_at: now,
+        };
+        self.seal_into(&mut row, c.access_token.as_ref(), c.refresh_token.as_ref());
+        let transition = match previous.as_ref().map(|p| p.status) {
+            Some(Status::Active) => None,
+            from => Some(Transition {
+                from,
+                to: Status::Active,
+                cause: if from.is_some() {
+                    "credentials_updated"
+                } else {
+                    "created"
+                }
+                .into(),
+                detail: serde_json::json!({}),
+            }),
+        };
+        let stored = self.store.put(row, transition).await?;
+        self.forget(id);
+        self.remember(self.open(&stored)?);
+        Ok(view(&stored))
+    }
+
+    pub async fn view(&self, id: &str) -> Result<ConnectionView, GrantError> {
+        let row = self
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| GrantError::NotFound(id.to_string()))?;
+        Ok(view(&row))
+    }
+
+    pub async fn list(&self, query: &ListQuery) -> Result<Vec<ConnectionView>, GrantError> {
+        Ok(self.store.list(query).await?.iter().map(view).collect())
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<bool, GrantError> {
+        let deleted = self.store.delete(id).await?;
+        self.forget(id);
+        Ok(deleted)
+    }
+}
+
+/// Connection ids are chosen by the app; keep them to a safe, URL-friendly alphabet.
+fn validate_id(id: &str) -> Result<(), GrantError> {
+    let ok = !id.is_empty()
+        && id.len() <= 200
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(GrantError::Invalid(
+            "connection ids are 1-200 characters of A-Z a-z 0-9 _ - . : @".into(),
+        ))
+    }
+}
+
+pub fn view(row: &Row) -> ConnectionView {
+    ConnectionView {
+        id: row.id.clone(),
+        integration: row.integration.clone(),
+        status: row.status,
+        version: row.version,
+        has_access_token: row.access_token.is_some(),
+        has_refresh_token: row.refresh_token.is_some(),
+        expires_at: row.expires_at.map(rfc3339),
+        scopes: row.scopes.split_whitespace().map(str::to_string).collect(),
+        metadata: row.metadata.clone(),
+        refresh_failures: row.refresh_failures,
+        next_attempt_at: row.next_attempt_at.map(rfc3339),
+        last_error: row.last_error.clone(),
+        created_at: rfc3339(row.created_at),
+        updated_at: rfc3339(row.updated_at),
+    }
+}
+
+/// Unix milliseconds → RFC 3339 UTC (`2026-11-22T06:40:47.123Z`).
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// RFC 3339 → unix milliseconds (`Z` or `±hh:mm` offsets, optional fraction).
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d, h, mi, se) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut millis = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        millis = format!("{:0<3}", &frac[..digits.min(3)])
+            .parse::<i64>()
+            .ok()?;
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6
+            && (rest.starts_with('+') || rest.starts_with('-'))
+            && &rest[3..4] == ":" =>
+        {
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            sign * (rest[1..3].parse::<i64>().ok()? * 60 + rest[4..6].parse::<i64>().ok()?)
+        }
+        _ => return None,
+    };
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset * 60;
+    Some(secs * 1000 + millis)
+}
+
+// Howard Hinnant's civil-calendar algorithms.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trips() {
+        for s in [
+            "1970-01-01T00:00:00.000Z",
+            "2026-11-22T06:40:47.123Z",
+            "2000-02-29T23:59:59.999Z",
+        ] {
+            assert_eq!(rfc3339(parse_rfc3339(s).unwrap()), s);
+        }
+        assert_eq!(
+            parse_rfc3339("2026-11-22T08:40:47+02:00"),
+            parse_rfc3339("2026-11-22T06:40:47Z")
+        );
+        assert_eq!(parse_rfc3339("2026-11-22T06:40:47.5Z").unwrap() % 1000, 500);
+        for bad in [
+            "2026-11-22",
+            "2026-13-01T00:00:00Z",
+            "2026-11-22T06:40:47",
+            "yesterday",
+        ] {
+            assert!(parse_rfc3339(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("xoxb-very-secret");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        let g = Grant {
+            id: "a".into(),
+            integration: "slack".into(),
+            status: Status::Active,
+            version: 1,
+            access_token: Some(s.clone()),
+            refresh_token: Some(s),
+            expires_at: None,
+            scopes: String::new(),
+            metadata: serde_json::json!({}),
+        };
+        assert!(!format!("{g:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn connection_ids_are_restricted() {
+        assert!(validate_id("acct_123").is_ok());
+        assert!(validate_id("user@example.com:slack").is_ok());
+        for bad in ["", "a/b", "a b", "a?b", &"x".repeat(201)] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+    }
+}

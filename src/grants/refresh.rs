@@ -1,0 +1,783 @@
+//! The single-flight refresher.
+//!
+//! In process, concurrent callers for one connection share one flight. Across processes, a
+//! lease in the store (owner + deadline, taken by compare-and-swap) admits one refresher; the
+//! token call's hard timeout is shorter than the lease, a waiter takes over an expired lease,
+//! and everyone re-reads the row before calling the provider. A new token pair is written (CAS
+//! on `version`, lease released in the same write) before anyone uses it; a write that fails
+//! is retried, never dropped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use serde::Serialize;
+use tokio::sync::{OnceCell, Semaphore};
+
+use super::{Grant, GrantError, Grants, Secret};
+use crate::config::RefreshConfig;
+use crate::rules::file::{AuthSpec, CapturedResponse, ClientAuth, RequestSpec};
+use crate::rules::{check::evaluate_captured, Action, Endpoint, Outcome as RuleOutcome, RuleSet};
+use crate::store::{now_ms, LastError, Row, Status, Transition};
+use crate::upstream::UpstreamClient;
+
+/// One integration's OAuth client: the rule file's `auth` plus the deployment's credentials.
+#[derive(Debug, Clone)]
+pub struct OAuthClient {
+    pub auth: AuthSpec,
+    pub token_url: String,
+    pub client_id: Secret,
+    pub client_secret: Option<Secret>,
+    pub rules: Arc<RuleSet>,
+}
+
+/// How a refresh ended, as waiters see it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Refreshed {
+    /// A new token is stored (by this flight or, found on re-reading, by someone else).
+    Ok {
+        version: i64,
+        expires_at: Option<i64>,
+        #[serde(skip)]
+        grant: Arc<Grant>,
+    },
+    NeedsReauth {
+        error: String,
+    },
+    ConfigError {
+        error: String,
+    },
+    /// Provider or network trouble; the connection stays as it was.
+    Transient {
+        error: String,
+        retry_at: Option<i64>,
+    },
+    /// Nothing to refresh with (no refresh token, or no OAuth client configured).
+    Impossible {
+        error: String,
+    },
+    NotFound,
+}
+
+/// What the token endpoint said, classified.
+#[derive(Debug)]
+enum TokenResult {
+    Tokens(serde_json::Map<String, serde_json::Value>),
+    Grant(Failure),
+    Config(Failure),
+    Transient(Failure, Option<i64>),
+}
+
+#[derive(Debug, Clone)]
+struct Failure {
+    code: String,
+    status: Option<u16>,
+    description: Option<String>,
+    detail: Option<String>,
+}
+
+pub struct Refresher {
+    grants: Arc<Grants>,
+    client: UpstreamClient,
+    clients: HashMap<String, OAuthClient>,
+    config: RefreshConfig,
+    runtime: tokio::runtime::Handle,
+    process: String,
+    flight_seq: AtomicU64,
+    flights: Mutex<HashMap<String, Arc<OnceCell<Refreshed>>>>,
+    caps: HashMap<String, Arc<Semaphore>>,
+    token_calls: AtomicU64,
+}
+
+impl Refresher {
+    /// `runtime` is where refreshes run (the control runtime), whoever awaits them.
+    pub fn new(
+        grants: Arc<Grants>,
+        client: UpstreamClient,
+        clients: HashMap<String, OAuthClient>,
+        config: RefreshConfig,
+        runtime: tokio::runtime::Handle,
+    ) -> Refresher {
+        let caps = clients
+            .keys()
+            .map(|k| {
+                (
+                    k.clone(),
+                    Arc::new(Semaphore::new(config.max_concurrent_per_integration)),
+                )
+            })
+            .collect();
+        let mut rnd = [0u8; 6];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut rnd);
+        let process = format!(
+            "{}-{}",
+            std::process::id(),
+            rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        Refresher {
+            grants,
+            client,
+            clients,
+            config,
+            runtime,
+            process,
+            flight_seq: AtomicU64::new(0),
+            flights: Mutex::new(HashMap::new()),
+            caps,
+            token_calls: AtomicU64::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &RefreshConfig {
+        &self.config
+    }
+
+    /// Token-endpoint calls made by this process (for tests and metrics).
+    pub fn token_calls(&self) -> u64 {
+        self.token_calls.load(Ordering::Relaxed)
+    }
+
+    /// Refreshes `id` unless a version newer than `seen_version` is already stored. Every
+    /// concurrent caller for one id in this process shares a single flight.
+    pub async fn refresh(self: &Arc<Self>, id: &str, seen_version: i64) -> Refreshed {
+        let cell = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            flights.entry(id.to_string()).or_default().clone()
+        };
+        let me = self.clone();
+        let owned_id = id.to_string();
+        let result = cell
+            .get_or_init(|| async move {
+                // Run on the control runtime: a dropped caller does not cancel the refresh.
+                let task = me.runtime.spawn({
+                    let me = me.clone();
+                    async move { me.run(&owned_id, seen_version).await }
+                });
+                task.await.unwrap_or_else(|e| Refreshed::Transient {
+                    error: format!("refresh task failed: {e}"),
+                    retry_at: None,
+                })
+            })
+            .await
+            .clone();
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if flights.get(id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            flights.remove(id);
+        }
+        result
+    }
+
+    async fn run(self: Arc<Self>, id: &str, seen_version: i64) -> Refreshed {
+        let owner = format!(
+            "{}:{}",
+            self.process,
+            self.flight_seq.fetch_add(1, Ordering::Relaxed)
+        );
+        let give_up = now_ms()
+            + 2 * self.config.lease.as_millis() as i64
+            + self.config.token_timeout.as_millis() as i64;
+        loop {
+            let row = match self.grants.store().get(id).await {
+                Ok(Some(row)) => row,
+                Ok(None) => return Refreshed::NotFound,
+                Err(e) => return transient(format!("{e}"), None),
+            };
+            let now = now_ms();
+            if let Some(done) = self.already_settled(&row, seen_version, now) {
+                return done;
+            }
+            if self
+                .grants
+                .store()
+                .acquire_lease(id, &owner, now, now + self.config.lease.as_millis() as i64)
+                .await
+                .unwrap_or(false)
+            {
+                return self.refresh_holding_lease(id, &owner).await;
+            }
+            if now > give_up {
+                return transient(
+                    "timed out waiting for another refresher's lease".into(),
+                    None,
+                );
+            }
+            tokio::time::sleep(self.config.lease_poll).await;
+        }
+    }
+
+    /// What a re-read row says before any token call: someone else refreshed, the connection
+    /// is paused, backing off, or cannot be refreshed. `None` means "go ahead".
+    fn already_settled(&self, row: &Row, seen_version: i64, now: i64) -> Option<Refreshed> {
+        let margin = self.config.expiry_margin.as_millis() as i64;
+        let grant = match self.grants.open(row) {
+            Ok(g) => g,
+            Err(e) => {
+                return Some(Refreshed::Impossible {
+                    error: e.to_string(),
+                })
+            }
+        };
+        if row.status == Status::NeedsReauth {
+            return Some(Refreshed::NeedsReauth {
+                error: last_code(row),
+            });
+        }
+        if row.version > seen_version && row.status == Status::Active && grant.fresh(now, margin) {
+            let grant = self.grants.remember(grant);
+            return Some(Refreshed::Ok {
+                version: row.version,
+                expires_at: row.expires_at,
+                grant,
+            });
+        }
+        if grant.refresh_token.is_none() {
+            return Some(Refreshed::Impossible {
+                error: "the connection has no refresh token".into(),
+            });
+        }
+        if !self.clients.contains_key(&row.integration) {
+            return Some(Refreshed::Impossible {
+                error: format!("integration `{}` has no OAuth client (auth: in its rule file, client_id in the config)", row.integration),
+            });
+        }
+        if let Some(at) = row.next_attempt_at.filter(|&at| at > now) {
+            return Some(transient(
+                format!(
+                    "backing off after {} failures: {}",
+                    row.refresh_failures,
+                    last_code(row)
+                ),
+                Some(at),
+            ));
+        }
+        None
+    }
+
+    async fn refresh_holding_lease(&self, id: &str, owner: &str) -> Refreshed {
+        // Re-read under the lease: a refresh may have landed between our read and the lease.
+        let row = match self.grants.store().get(id).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return Refreshed::NotFound,
+            Err(e) => {
+                let _ = self.grants.store().release_lease(id, owner).await;
+                return transient(e.to_string(), None);
+            }
+        };
+        let grant = match self.grants.open(&row) {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = self.grants.store().release_lease(id, owner).await;
+                return Refreshed::Impossible {
+                    error: e.to_string(),
+                };
+            }
+        };
+        let client = &self.clients[&row.integration];
+        let _permit = self.caps[&row.integration].acquire().await;
+        let result = self.call_token_endpoint(client, &grant).await;
+        self.store_result(row, grant, result).await
+    }
+
+    async fn call_token_endpoint(&self, client: &OAuthClient, grant: &Grant) -> TokenResult {
+        self.token_calls.fetch_add(1, Ordering::Relaxed);
+        let request = match token_request(client, grant) {
+            Ok(r) => r,
+            Err(e) => return TokenResult::Config(failure("invalid_request", None, Some(e))),
+        };
+        let sent = tokio::time::timeout(self.config.token_timeout, async {
+            let resp = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (parts, body) = resp.into_parts();
+            let body = Limited::new(body, 1 << 20)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok::<_, String>((parts, body))
+        })
+        .await;
+        match sent {
+            Err(_) => TokenResult::Transient(
+                failure(
+                    "timeout",
+                    None,
+                    Some(format!("no answer within {:?}", self.config.token_timeout)),
+                ),
+                None,
+            ),
+            Ok(Err(e)) => TokenResult::Transient(failure("unreachable", None, Some(e)), None),
+            Ok(Ok((parts, body))) => classify(client, parts.status, &parts.headers, &body),
+        }
+    }
+
+    /// Applies a token-endpoint result with a CAS that also releases the lease. A failed write
+    /// of new tokens is retried (the provider may already have rotated the old refresh token).
+    async fn store_result(&self, row: Row, grant: Grant, result: TokenResult) -> Refreshed {
+        let now = now_ms();
+        let mut next = row.clone();
+        next.version = row.version + 1;
+        next.updated_at = now;
+        next.lease_owner = None;
+        next.lease_until = None;
+        let (transition, outcome);
+        match result {
+            TokenResult::Tokens(fields) => {
+                let access = fields
+                    .get("access_token")
+                    .and_then(|v| v.as_str())
+                    .map(Secret::new);
+                // No refresh_token in the response: keep the one we have (many providers do this).
+                let refresh = fields
+                    .get("refresh_token")
+                    .and_then(|v| v.as_str())
+                    .map(Secret::new)
+                    .or(grant.refresh_token.clone());
+                let lifetime = fields
+                    .get("expires_in")
+                    .and_then(number)
+                    .unwrap_or(self.config.default_lifetime.as_secs() as i64);
+                next.expires_at = Some(now + lifetime * 1000);
+                if let Some(scope) = fields.get("scope").and_then(|v| v.as_str()) {
+                    next.scopes = scope.replace(',', " ");
+                }
+                merge_metadata(&mut next.metadata, &fields);
+                self.grants
+                    .seal_into(&mut next, access.as_ref(), refresh.as_ref());
+                next.status = Status::Active;
+                next.refresh_failures = 0;
+                next.next_attempt_at = None;
+                next.last_error = None;
+                transition = (row.status != Status::Active).then(|| Transition {
+                    from: Some(row.status),
+                    to: Status::Active,
+                    cause: "refresh_succeeded".into(),
+                    detail: serde_json::json!({}),
+                });
+                outcome = None;
+            }
+            TokenResult::Grant(f) => {
+                next.status = Status::NeedsReauth;
+                next.last_error = Some(last_error(&f, "invalid_grant", now));
+                transition = Some(failed_transition(row.status, Status::NeedsReauth, &f));
+                outcome = Some(Refreshed::NeedsReauth {
+                    error: f.code.clone(),
+                });
+            }
+            TokenResult::Config(f) => {
+                next.status = Status::ConfigError;
+                next.refresh_failures = row.refresh_failures + 1;
+                next.next_attempt_at = Some(now + self.backoff(next.refresh_failures));
+                next.last_error = Some(last_error(&f, "invalid_client", now));
+                transition = (row.status != Status::ConfigError)
+                    .then(|| failed_transition(row.status, Status::ConfigError, &f));
+                outcome = Some(Refreshed::ConfigError {
+                    error: f.code.clone(),
+                });
+            }
+            TokenResult::Transient(f, retry_after) => {
+                next.refresh_failures = row.refresh_failures + 1;
+                let at = now
+                    + retry_after.map_or_else(|| self.backoff(next.refresh_failures), |s| s * 1000);
+                next.next_attempt_at = Some(at);
+                next.last_error = Some(last_error(&f, "transient", now));
+                transition = None;
+                outcome = Some(transient(
+                    format!("{}: {}", f.code, f.description.clone().unwrap_or_default()),
+                    Some(at),
+                ));
+            }
+        }
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self
+                .grants
+                .store()
+                .cas(&next, row.version, transition.clone())
+                .await
+            {
+                Ok(true) => break,
+                // Someone replaced the row (a PUT) while we held the lease: theirs wins.
+                Ok(false) => {
+                    return match self.grants.load(&row.id).await {
+                        Ok(g) => Refreshed::Ok {
+                            version: g.version,
+                            expires_at: g.expires_at,
+                            grant: g,
+                        },
+                        Err(e) => transient(e.to_string(), None),
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(connection = %row.id, error = %e, "cannot store the refresh result; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        log_outcome(&row, &next, transition.as_ref());
+        match outcome {
+            Some(o) => {
+                self.grants.forget(&row.id);
+                o
+            }
+            None => match self.grants.open(&next) {
+                Ok(g) => {
+                    let g = self.grants.remember(g);
+                    Refreshed::Ok {
+                        version: next.version,
+                        expires_at: next.expires_at,
+                        grant: g,
+                    }
+                }
+                Err(e) => Refreshed::Impossible {
+                    error: e.to_string(),
+                },
+            },
+        }
+    }
+
+    /// Exponential backoff with full jitter, capped.
+    fn backoff(&self, failures: i64) -> i64 {
+        let base = self.config.backoff_base.as_millis() as i64;
+        let cap = self.config.backoff_max.as_millis() as i64;
+        let ceiling = base.saturating_mul(1 << failures.clamp(0, 20)).min(cap);
+        ceiling / 2 + jitter(ceiling / 2 + 1)
+    }
+
+    /// The proactive loop: refresh connections that will expire within the window, before
+    /// any request sees an expired token. Runs until the process stops.
+    pub async fn run_proactive(self: Arc<Self>) {
+        loop {
+            let now = now_ms();
+            let horizon = now + self.config.window_max.as_millis() as i64;
+            match self.grants.store().due(now, horizon, 500).await {
+                Ok(rows) => {
+                    for row in rows {
+                        // Each connection gets its own threshold within the window (jitter), so a
+                        // fleet created at once does not refresh at once.
+                        let span =
+                            (self.config.window_max - self.config.window_min).as_millis() as i64;
+                        let threshold =
+                            self.config.window_min.as_millis() as i64 + jitter(span + 1);
+                        if row.expires_at.is_some_and(|e| e - now <= threshold) {
+                            let me = self.clone();
+                            self.runtime.spawn(async move {
+                                let _ = me.refresh(&row.id, row.version).await;
+                            });
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "proactive refresh scan failed"),
+            }
+            tokio::time::sleep(self.config.scan_interval).await;
+        }
+    }
+}
+
+fn transient(error: String, retry_at: Option<i64>) -> Refreshed {
+    Refreshed::Transient { error, retry_at }
+}
+
+fn last_code(row: &Row) -> String {
+    row.last_error
+        .as_ref()
+        .map_or_else(|| row.status.as_str().to_string(), |e| e.class.clone())
+}
+
+fn failure(code: &str, status: Option<u16>, description: Option<String>) -> Failure {
+    Failure {
+        code: code.into(),
+        status,
+        description,
+        detail: None,
+    }
+}
+
+fn last_error(f: &Failure, class: &str, now: i64) -> LastError {
+    LastError {
+        class: if f.code.is_empty() {
+            class.into()
+        } else {
+            f.code.clone()
+        },
+        provider_status: f.status,
+        description: f.description.clone(),
+        at: now,
+    }
+}
+
+fn failed_transition(from: Status, to: Status, f: &Failure) -> Transition {
+    Transition {
+        from: Some(from),
+        to,
+        cause: "refresh_failed".into(),
+        detail: serde_json::json!({"code": f.code, "status": f.status, "description": f.description, "detail": f.detail}),
+    }
+}
+
+fn log_outcome(row: &Row, next: &Row, transition: Option<&Transition>) {
+    match transition {
+        Some(t) => {
+            tracing::warn!(connection = %row.id, integration = %row.integration, from = %row.status, to = %t.to, cause = %t.cause, "connection status changed")
+        }
+        None if next.last_error.is_some() => {
+            tracing::info!(connection = %row.id, integration = %row.integration, failures = next.refresh_failures, "refresh failed transiently; backing off")
+        }
+        None => {
+            tracing::debug!(connection = %row.id, integration = %row.integration, version = next.version, "token refreshed")
+        }
+    }
+}
+
+fn number(v: &serde_json::Value) -> Option<i64> {
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+/// Token-response fields other than the tokens themselves are kept as connection metadata
+/// (e.g. Salesforce's `instance_url`).
+fn merge_metadata(
+    metadata: &mut serde_json::Value,
+    fields: &serde_json::Map<String, serde_json::Value>,
+) {
+    const NOT_METADATA: &[&str] = &[
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "expires_in",
+        "token_type",
+        "scope",
+        "refresh_token_expires_in",
+    ];
+    if !metadata.is_object() {
+        *metadata = serde_json::json!({});
+    }
+    let obj = metadata.as_object_mut().expect("made an object above");
+    for (k, v) in fields {
+        if !NOT_METADATA.contains(&k.as_str()) && (v.is_string() || v.is_number() || v.is_boolean())
+        {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+fn jitter(below: i64) -> i64 {
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    (u64::from_le_bytes(b) % below.max(1) as u64) as i64
+}
+
+fn token_request(
+    client: &OAuthClient,
+    grant: &Grant,
+) -> Result<Request<crate::upstream::RequestBody>, String> {
+    let url = crate::proxy::fill_template(&client.token_url, &grant.metadata, false)?;
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("grant_type", "refresh_token");
+    form.append_pair(
+        "refresh_token",
+        grant.refresh_token.as_ref().map_or("", |t| t.expose()),
+    );
+    for (k, v) in &client.auth.token_params {
+        form.append_pair(k, v);
+    }
+    let mut builder = Request::builder()
+        .method(Method::POST)
+        .uri(&url)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::ACCEPT, "application/json");
+    let secret = client.client_secret.as_ref().map_or("", |s| s.expose());
+    match client.auth.client_auth {
+        ClientAuth::Body => {
+            form.append_pair("client_id", client.client_id.expose());
+            if client.client_secret.is_some() {
+                form.append_pair("client_secret", secret);
+            }
+        }
+        ClientAuth::Basic => {
+            // RFC 6749 §2.3.1: each part form-urlencoded before Basic encoding.
+            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let pair = format!("{}:{}", enc(client.client_id.expose()), enc(secret));
+            let basic = base64::engine::general_purpose::STANDARD.encode(pair);
+            builder = builder.header(header::AUTHORIZATION, format!("Basic {basic}"));
+        }
+    }
+    let body = Full::new(Bytes::from(form.finish()))
+        .map_err(|never| match never {})
+        .boxed();
+    builder
+        .body(body)
+        .map_err(|e| format!("token request: {e}"))
+}
+
+/// Token rules first (providers that lie), then RFC 6749 §5.2.
+fn classify(
+    client: &OAuthClient,
+    status: StatusCode,
+    headers: &http::HeaderMap,
+    body: &Bytes,
+) -> TokenResult {
+    let captured = CapturedResponse {
+        status: status.as_u16(),
+        headers: headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+            .collect(),
+        body: serde_json::Value::String(String::from_utf8_lossy(body).into_owned()),
+    };
+    let request = RequestSpec {
+        method: "POST".into(),
+        path: "/".into(),
+    };
+    let retry_after = headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    let fields = parse_fields(headers, body);
+    let code = fields
+        .as_ref()
+        .and_then(|f| f.get("error"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    let description = fields
+        .as_ref()
+        .and_then(|f| f.get("error_description"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    if let RuleOutcome::Verdict(v) = evaluate_captured(
+        &client.rules,
+        Endpoint::Token,
+        &request,
+        &captured,
+        &crate::rules::default_budget(),
+    ) {
+        let f = Failure {
+            code: v.error.clone().unwrap_or_else(|| code.clone()),
+            status: Some(status.as_u16()),
+            description: v.message.clone().or(description.clone()),
+            detail: v.detail.clone(),
+        };
+        match v.action {
+            Action::Reauth => return TokenResult::Grant(f),
+            Action::FixConfig => return TokenResult::Config(f),
+            Action::Retry => {
+                return TokenResult::Transient(f, v.retry_after.map(|s| s as i64).or(retry_after))
+            }
+            Action::Refresh | Action::None => {}
+        }
+    }
+    let f = Failure {
+        code: code.clone(),
+        status: Some(status.as_u16()),
+        description,
+        detail: None,
+    };
+    if status.is_success() {
+        if let Some(fields) = fields.filter(|f| {
+            f.get("access_token")
+                .and_then(|v| v.as_str())
+                .is_some_and(|t| !t.is_empty())
+        }) {
+            return TokenResult::Tokens(fields);
+        }
+    }
+    match code.as_str() {
+        "invalid_grant" => TokenResult::Grant(f),
+        "invalid_client" | "unauthorized_client" | "unsupported_grant_type" | "invalid_scope" => {
+            TokenResult::Config(f)
+        }
+        _ if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => {
+            TokenResult::Transient(f, retry_after)
+        }
+        "" if status.is_success() => TokenResult::Transient(
+            Failure {
+                code: "malformed_token_response".into(),
+                ..f
+            },
+            None,
+        ),
+        _ => TokenResult::Transient(
+            Failure {
+                code: if code.is_empty() {
+                    format!("http_{}", status.as_u16())
+                } else {
+                    code
+                },
+                ..f
+            },
+            retry_after,
+        ),
+    }
+}
+
+/// JSON object, or `application/x-www-form-urlencoded` (GitHub without `Accept`).
+fn parse_fields(
+    headers: &http::HeaderMap,
+    body: &Bytes,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(body) {
+        return Some(map);
+    }
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("x-www-form-urlencoded"));
+    if form || body.contains(&b'=') {
+        let map: serde_json::Map<_, _> = form_urlencoded::parse(body)
+            .map(|(k, v)| (k.into_owned(), serde_json::Value::String(v.into_owned())))
+            .collect();
+        if !map.is_empty() {
+            return Some(map);
+        }
+    }
+    None
+}
+
+/// Builds the OAuth clients from the rule files and the deployment config. An integration
+/// with `auth:` but no `client_id` is left out (its connections cannot be refreshed).
+pub fn oauth_clients(
+    config: &crate::config::Config,
+    sets: &BTreeMap<String, RuleSet>,
+) -> HashMap<String, OAuthClient> {
+    let mut out = HashMap::new();
+    for (name, set) in sets {
+        let Some(auth) = &set.auth else { continue };
+        let over = config.integrations.get(name);
+        let Some(client_id) = over.and_then(|o| o.client_id.clone()) else {
+            tracing::info!(integration = %name, "no client_id configured: its connections will not be refreshed");
+            continue;
+        };
+        out.insert(
+            name.clone(),
+            OAuthClient {
+                auth: auth.clone(),
+                token_url: over
+                    .and_then(|o| o.token_url.clone())
+                    .unwrap_or_else(|| auth.token_url.clone()),
+                client_id: Secret::new(client_id),
+                client_secret: over.and_then(|o| o.client_secret.clone()).map(Secret::new),
+                rules: Arc::new(set.clone()),
+            },
+        );
+    }
+    out
+}
+
+impl From<GrantError> for Refreshed {
+    fn from(e: GrantError) -> Self {
+        match e {
+            GrantError::NotFound(_) => Refreshed::NotFound,
+            other => transient(other.to_string(), None),
+        }
+    }
+}
