@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod grants;
+pub mod inject;
 pub mod proxy;
 pub mod rules;
 pub mod store;

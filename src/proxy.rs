@@ -20,7 +20,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -28,8 +28,10 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, EvaluationConfig, UpstreamConfig};
+use crate::grants::Grant;
+use crate::inject::{take_connection_id, Connections, Refusal};
 use crate::rules::engine::Cancel;
-use crate::rules::{Endpoint, Facts, Outcome, RuleSet, Verdict};
+use crate::rules::{Action, Endpoint, Facts, Outcome, RuleSet, Verdict};
 use crate::telemetry::{IntegrationMetrics, Metrics};
 use crate::upstream::{self, UpstreamClient};
 
@@ -105,14 +107,38 @@ impl BaseUrl {
 
 /// One routable integration.
 struct Route {
-    base: BaseUrl,
+    base: RouteBase,
     rules: Arc<RuleSet>,
     metrics: IntegrationMetrics,
+}
+
+/// A fixed base URL, or one that depends on the connection's metadata
+/// (`https://{metadata.subdomain}.zendesk.com/api/v2`).
+enum RouteBase {
+    Static(BaseUrl),
+    Template(String),
+}
+
+/// What a response says should happen to the connection that made it.
+#[derive(Debug, Clone, PartialEq)]
+enum Signal {
+    None,
+    Refresh,
+    Reauth(serde_json::Value),
+}
+
+/// The request as the app sent it, kept so it can be sent again after a refresh.
+#[derive(Clone)]
+struct Head {
+    method: Method,
+    query: Option<String>,
+    headers: HeaderMap,
 }
 
 /// Everything the request path needs, built once at startup.
 pub struct Proxy {
     routes: BTreeMap<String, Route>,
+    connections: Option<Arc<Connections>>,
     upstream: UpstreamConfig,
     tls: Arc<rustls::ClientConfig>,
     request_timeout: Duration,
@@ -142,11 +168,18 @@ impl Proxy {
                 .get(&name)
                 .and_then(|o| o.base_url.clone())
                 .unwrap_or_else(|| set.base_url.clone());
-            let base = BaseUrl::parse(&url)
-                .map_err(|e| anyhow::anyhow!("integration {name}: base_url {e}"))?;
-            if base.scheme == http::uri::Scheme::HTTP {
-                tracing::warn!(integration = %name, base_url = %base.origin(), "plain-HTTP upstream: tokens would cross the network unencrypted");
-            }
+            let base = if url.contains('{') {
+                BaseUrl::parse_template(&url)
+                    .map_err(|e| anyhow::anyhow!("integration {name}: base_url {e}"))?;
+                RouteBase::Template(url)
+            } else {
+                let base = BaseUrl::parse(&url)
+                    .map_err(|e| anyhow::anyhow!("integration {name}: base_url {e}"))?;
+                if base.scheme == http::uri::Scheme::HTTP {
+                    tracing::warn!(integration = %name, base_url = %base.origin(), "plain-HTTP upstream: tokens would cross the network unencrypted");
+                }
+                RouteBase::Static(base)
+            };
             routes.insert(
                 name.clone(),
                 Route {
@@ -158,6 +191,7 @@ impl Proxy {
         }
         Ok(Proxy {
             routes,
+            connections: None,
             upstream: config.upstream.clone(),
             tls: upstream::tls_config(&config.upstream)?,
             request_timeout: config.upstream.request_timeout,
@@ -165,6 +199,12 @@ impl Proxy {
             eval: config.evaluation.clone(),
             metrics,
         })
+    }
+
+    /// Enables connections: token injection, refresh and pausing.
+    pub fn with_connections(mut self, connections: Arc<Connections>) -> Proxy {
+        self.connections = Some(connections);
+        self
     }
 
     pub fn integrations(&self) -> impl Iterator<Item = &str> {
@@ -284,57 +324,224 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
-        let uri = match route.base.join(rest, parts.uri.query()) {
-            Ok(uri) => uri,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_path",
-                    Some(name),
-                    format!("cannot build the upstream URL: {e}"),
-                )
-            }
-        };
-        let method = parts.method.clone();
         strip_hop_by_hop(&mut parts.headers);
+        let connection = take_connection_id(&mut parts.headers);
         strip_grantd_headers(&mut parts.headers);
         parts.headers.remove(header::HOST);
         restrict_accept_encoding(&mut parts.headers);
-        parts.uri = uri;
-        parts.version = Version::HTTP_11;
-        let upstream_req = Request::from_parts(parts, body.boxed());
+        let head = Head {
+            method: parts.method,
+            query: parts.uri.query().map(str::to_string),
+            headers: parts.headers,
+        };
+        match connection {
+            None => {
+                self.send(client, name, route, rest, head, body.boxed(), None)
+                    .await
+                    .0
+            }
+            Some(id) => {
+                self.forward_for(client, name, route, rest, head, body, &id)
+                    .await
+            }
+        }
+    }
 
-        let resp = match tokio::time::timeout(self.request_timeout, client.request(upstream_req))
-            .await
-        {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => {
-                route.metrics.upstream_error.inc();
-                let message = format!("cannot reach {}: {}", route.base.origin(), error_chain(&e));
-                tracing::warn!(integration = name, %message, "upstream request failed");
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_unreachable",
-                    Some(name),
-                    message,
+    /// A request that names a connection: resolve a usable token, send, and on a `refresh`
+    /// signal refresh once and replay once (when the body was small enough to keep).
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_for(
+        &self,
+        client: &UpstreamClient,
+        name: &str,
+        route: &Route,
+        rest: &str,
+        head: Head,
+        body: Incoming,
+        id: &str,
+    ) -> Response<Body> {
+        let Some(connections) = &self.connections else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "connections_disabled",
+                Some(name),
+                "this grantd has no connection store".into(),
+            );
+        };
+        let grant = match connections.resolve(id, name).await {
+            Ok(g) => g,
+            Err(refusal) => return refused(name, id, refusal),
+        };
+        let replay = self.keep_for_replay(&head, body).await;
+        let (first_body, kept) = match replay {
+            Ok(Some(bytes)) => (full(bytes.clone()), Some(bytes)),
+            Ok(None) => (
+                Empty::new().map_err(|never| match never {}).boxed(),
+                Some(Bytes::new()),
+            ),
+            Err(streaming) => (streaming, None),
+        };
+        let (resp, signal) = self
+            .send(
+                client,
+                name,
+                route,
+                rest,
+                head.clone(),
+                first_body,
+                Some(&grant),
+            )
+            .await;
+        match signal {
+            Signal::None => resp,
+            Signal::Reauth(detail) => {
+                connections.pause(&grant, detail).await;
+                resp
+            }
+            Signal::Refresh => {
+                let Some(fresh) = connections.refresh_after_rejection(&grant).await else {
+                    return resp;
+                };
+                let Some(bytes) = kept else {
+                    // The body was streamed: the next call uses the new token.
+                    return resp;
+                };
+                let (resp, signal) = self
+                    .send(client, name, route, rest, head, full(bytes), Some(&fresh))
+                    .await;
+                if let Signal::Reauth(detail) = signal {
+                    connections.pause(&fresh, detail).await;
+                }
+                resp
+            }
+        }
+    }
+
+    /// Buffers a request body that is known to be small, so the request can be replayed after
+    /// a refresh. `Ok(None)`: no body. `Err`: too big or unknown size, sent as a stream.
+    async fn keep_for_replay(&self, head: &Head, body: Incoming) -> Result<Option<Bytes>, Body> {
+        let declared = head
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        match declared {
+            Some(0) => Ok(None),
+            Some(n) if n <= self.max_buffered_body => match body.collect().await {
+                Ok(collected) => Ok(Some(collected.to_bytes())),
+                Err(_) => Ok(None),
+            },
+            None if body.is_end_stream() => Ok(None),
+            _ => Err(body.boxed()),
+        }
+    }
+
+    /// One exchange with the upstream: build the URI, inject the token, send, run the rules.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        client: &UpstreamClient,
+        name: &str,
+        route: &Route,
+        rest: &str,
+        head: Head,
+        body: Body,
+        grant: Option<&Grant>,
+    ) -> (Response<Body>, Signal) {
+        let Head {
+            method,
+            mut query,
+            mut headers,
+        } = head;
+        if let (Some(grant), Some(c)) = (grant, &self.connections) {
+            if let Err(e) = c.apply(name, grant, &mut headers, &mut query) {
+                return (
+                    error(StatusCode::BAD_GATEWAY, "injection_failed", Some(name), e),
+                    Signal::None,
                 );
             }
-            Err(_) => {
-                route.metrics.upstream_timeout.inc();
-                let message = format!(
-                    "{} sent no response headers within {:?}",
-                    route.base.origin(),
-                    self.request_timeout
-                );
-                tracing::warn!(integration = name, %message, "upstream timeout");
-                return error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    Some(name),
-                    message,
+        }
+        let base = match (&route.base, grant) {
+            (RouteBase::Static(b), _) => std::borrow::Cow::Borrowed(b),
+            (RouteBase::Template(t), Some(g)) => {
+                match fill_template(t, &g.metadata, false).and_then(|u| BaseUrl::parse(&u)) {
+                    Ok(b) => std::borrow::Cow::Owned(b),
+                    Err(e) => {
+                        return (
+                            error(
+                                StatusCode::BAD_REQUEST,
+                                "bad_connection_metadata",
+                                Some(name),
+                                e,
+                            ),
+                            Signal::None,
+                        )
+                    }
+                }
+            }
+            (RouteBase::Template(_), None) => {
+                let message = "this integration's base URL depends on the connection: name one with Grantd-Connection".to_string();
+                return (
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        "connection_required",
+                        Some(name),
+                        message,
+                    ),
+                    Signal::None,
                 );
             }
         };
+        let uri = match base.join(rest, query.as_deref()) {
+            Ok(uri) => uri,
+            Err(e) => {
+                let message = format!("cannot build the upstream URL: {e}");
+                return (
+                    error(StatusCode::BAD_REQUEST, "bad_path", Some(name), message),
+                    Signal::None,
+                );
+            }
+        };
+        let mut upstream_req = Request::new(body);
+        *upstream_req.method_mut() = method.clone();
+        *upstream_req.uri_mut() = uri;
+        *upstream_req.headers_mut() = headers;
+        let resp =
+            match tokio::time::timeout(self.request_timeout, client.request(upstream_req)).await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(e)) => {
+                    route.metrics.upstream_error.inc();
+                    let message = format!("cannot reach {}: {}", base.origin(), error_chain(&e));
+                    tracing::warn!(integration = name, %message, "upstream request failed");
+                    return (
+                        error(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream_unreachable",
+                            Some(name),
+                            message,
+                        ),
+                        Signal::None,
+                    );
+                }
+                Err(_) => {
+                    route.metrics.upstream_timeout.inc();
+                    let message = format!(
+                        "{} sent no response headers within {:?}",
+                        base.origin(),
+                        self.request_timeout
+                    );
+                    tracing::warn!(integration = name, %message, "upstream timeout");
+                    return (
+                        error(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "upstream_timeout",
+                            Some(name),
+                            message,
+                        ),
+                        Signal::None,
+                    );
+                }
+            };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         strip_grantd_headers(&mut parts.headers);
@@ -345,7 +552,12 @@ impl Proxy {
             .and_then(|v| v.to_str().ok());
         if !route.rules.selects(Endpoint::Api, status, ct, rest) {
             route.metrics.passed.inc();
-            return Response::from_parts(parts, body.boxed());
+            let signal = if grant.is_some() {
+                bearer_rejection(&parts)
+            } else {
+                Signal::None
+            };
+            return (Response::from_parts(parts, body.boxed()), signal);
         }
         let facts = Facts {
             endpoint: Endpoint::Api,
@@ -354,7 +566,8 @@ impl Proxy {
             method: method.to_string(),
             path: rest.to_string(),
         };
-        self.rewrite(name, route, parts, body, facts).await
+        let origin = base.origin();
+        self.rewrite(name, route, &origin, parts, body, facts).await
     }
 
     /// The buffered path: collect up to `max_buffered_body`, evaluate, apply.
@@ -362,14 +575,15 @@ impl Proxy {
         &self,
         name: &str,
         route: &Route,
+        origin: &str,
         mut parts: http::response::Parts,
         body: Incoming,
         facts: Facts,
-    ) -> Response<Body> {
+    ) -> (Response<Body>, Signal) {
         let declared = body.size_hint().exact().map(|n| n as usize);
         if declared.is_some_and(|n| n > self.max_buffered_body) {
             route.metrics.oversize.inc();
-            return Response::from_parts(parts, body.boxed());
+            return (Response::from_parts(parts, body.boxed()), Signal::None);
         }
         let (bytes, trailers) = match collect_limited(body, self.max_buffered_body).await {
             Collected::Complete(bytes, trailers) => (bytes, trailers),
@@ -380,20 +594,18 @@ impl Proxy {
                     limit = self.max_buffered_body,
                     "matched response too large to evaluate; passing through"
                 );
-                return Response::from_parts(parts, prefixed.boxed());
+                return (Response::from_parts(parts, prefixed.boxed()), Signal::None);
             }
             Collected::Failed(e) => {
                 route.metrics.upstream_error.inc();
-                let message = format!(
-                    "{} failed while sending the response body: {e}",
-                    route.base.origin()
-                );
-                return error(
+                let message = format!("{origin} failed while sending the response body: {e}");
+                let resp = error(
                     StatusCode::BAD_GATEWAY,
                     "upstream_body_error",
                     Some(name),
                     message,
                 );
+                return (resp, Signal::None);
             }
         };
         let outcome = match decode_for_rules(&parts.headers, &bytes, self.max_buffered_body) {
@@ -410,7 +622,8 @@ impl Proxy {
         match outcome {
             Outcome::Unchanged => {
                 route.metrics.passed.inc();
-                Response::from_parts(parts, original.boxed())
+                let signal = bearer_rejection(&parts);
+                (Response::from_parts(parts, original.boxed()), signal)
             }
             Outcome::RuleError { rule, message } => {
                 route.metrics.rule_error.inc();
@@ -418,17 +631,30 @@ impl Proxy {
                 tracing::warn!(integration = name, rule = %rule, %message, "rule failed; response passed through unmodified");
                 let value = header_text(&format!("{name}/{rule}: {message}"));
                 parts.headers.insert(GRANTD_RULE_ERROR, value);
-                Response::from_parts(parts, original.boxed())
+                (Response::from_parts(parts, original.boxed()), Signal::None)
             }
             Outcome::Verdict(v) => {
                 route.metrics.rewritten.inc();
                 route.metrics.verdict(&v.rule, v.action.as_str());
                 tracing::debug!(integration = name, rule = %v.rule, status = v.status, action = v.action.as_str(), "response rewritten");
+                let original_status = parts.status.as_u16();
                 apply_verdict(name, &v, &mut parts);
-                match replacement_body(&v, &mut parts.headers) {
+                let signal = match v.action {
+                    Action::Refresh => Signal::Refresh,
+                    Action::Reauth => Signal::Reauth(serde_json::json!({
+                        "rule": format!("{name}/{}", v.rule),
+                        "error": v.error,
+                        "detail": v.detail,
+                        "message": v.message,
+                        "status": original_status,
+                    })),
+                    _ => Signal::None,
+                };
+                let resp = match replacement_body(&v, &mut parts.headers) {
                     Some(body) => Response::from_parts(parts, body),
                     None => Response::from_parts(parts, original.boxed()),
-                }
+                };
+                (resp, signal)
             }
         }
     }
@@ -488,6 +714,76 @@ impl Proxy {
             ),
         }
     }
+}
+
+/// An upstream 401 that says, per RFC 6750, that the token is invalid: worth one refresh.
+fn bearer_rejection(parts: &http::response::Parts) -> Signal {
+    let invalid = parts.status == StatusCode::UNAUTHORIZED
+        && parts
+            .headers
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("invalid_token"));
+    if invalid {
+        Signal::Refresh
+    } else {
+        Signal::None
+    }
+}
+
+/// The response for a connection grantd will not use right now. Never contains a token.
+fn refused(name: &str, id: &str, refusal: Refusal) -> Response<Body> {
+    let (status, code, message, action, retry_at) = match refusal {
+        Refusal::NotFound => (StatusCode::NOT_FOUND, "unknown_connection", format!("no connection `{id}`"), None, None),
+        Refusal::WrongIntegration { actual } => (
+            StatusCode::BAD_REQUEST,
+            "wrong_integration",
+            format!("connection `{id}` belongs to `{actual}`, not `{name}`"),
+            None,
+            None,
+        ),
+        Refusal::NeedsReauth => (
+            StatusCode::UNAUTHORIZED,
+            "needs_reauth",
+            "the user must authorize this connection again".into(),
+            Some("reauth"),
+            None,
+        ),
+        Refusal::ConfigError { error } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "config_error",
+            format!("the integration's client credentials were rejected ({error}): the operator must fix the config"),
+            Some("fix_config"),
+            None,
+        ),
+        Refusal::Unavailable { error, retry_at } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "refresh_unavailable",
+            format!("the access token expired and refreshing it failed for now: {error}"),
+            Some("retry"),
+            retry_at,
+        ),
+        Refusal::Broken(e) => (StatusCode::INTERNAL_SERVER_ERROR, "connection_unusable", e, None, None),
+    };
+    let body = json!({"error": code, "message": message, "connection_id": id, "integration": name});
+    let mut resp = json_response(status, &body);
+    let h = resp.headers_mut();
+    h.insert(HeaderName::from_static("grantd-error"), header_text(code));
+    if let Some(action) = action {
+        h.insert(GRANTD_ACTION, HeaderValue::from_static(action));
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Bearer error="invalid_token""#),
+        );
+    }
+    if let Some(at) = retry_at {
+        let secs = ((at - crate::store::now_ms()) / 1000).max(1);
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
 }
 
 /// Replaces `{metadata.KEY}` with the connection's metadata. With `probe`, placeholders are

@@ -291,6 +291,45 @@ impl Grants {
         Ok(view(&stored))
     }
 
+    /// Pauses a connection after a live `reauth` verdict, unless it changed since the request
+    /// read it (a newer token may be fine). Returns whether it was paused now.
+    pub async fn mark_needs_reauth(
+        &self,
+        id: &str,
+        seen_version: i64,
+        detail: serde_json::Value,
+    ) -> Result<bool, GrantError> {
+        let Some(row) = self.store.get(id).await? else {
+            return Ok(false);
+        };
+        if row.version != seen_version || row.status == Status::NeedsReauth {
+            return Ok(false);
+        }
+        let now = now_ms();
+        let mut next = row.clone();
+        next.version = row.version + 1;
+        next.status = Status::NeedsReauth;
+        next.updated_at = now;
+        next.last_error = Some(crate::store::LastError {
+            class: detail["error"].as_str().unwrap_or("reauth").to_string(),
+            provider_status: detail["status"].as_u64().map(|s| s as u16),
+            description: detail["message"].as_str().map(str::to_string),
+            at: now,
+        });
+        let t = Transition {
+            from: Some(row.status),
+            to: Status::NeedsReauth,
+            cause: "rule_verdict".into(),
+            detail,
+        };
+        let paused = self.store.cas(&next, row.version, Some(t)).await?;
+        if paused {
+            self.forget(id);
+            tracing::warn!(connection = %id, integration = %row.integration, "connection needs re-authentication (rule verdict)");
+        }
+        Ok(paused)
+    }
+
     pub async fn view(&self, id: &str) -> Result<ConnectionView, GrantError> {
         let row = self
             .store
