@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
@@ -93,87 +92,25 @@ fn serve(path: &Path) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&format!("rule files are invalid:\n{e}")),
     };
-    match run_workers(&config, rule_sets) {
-        Ok(()) => ExitCode::SUCCESS,
+    let app = match crate::app::App::start(&config, rule_sets) {
+        Ok(app) => app,
+        Err(e) => return fail(&format!("{e:#}")),
+    };
+    let waited = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(|rt| rt.block_on(shutdown_signal()));
+    if let Err(e) = waited {
+        return fail(&format!("cannot wait for signals: {e}"));
+    }
+    tracing::info!("shutting down: draining connections");
+    match app.shutdown() {
+        Ok(()) => {
+            tracing::info!("grantd stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => fail(&format!("{e:#}")),
     }
-}
-
-/// Thread per core, like nginx's workers: every worker is a single-threaded runtime with its
-/// own SO_REUSEPORT listener and upstream pool, so a request and its upstream connection never
-/// cross threads (no cross-thread wake-ups; measured no worse than one multi-threaded runtime,
-/// within noise). The main thread waits for SIGTERM/SIGINT.
-fn run_workers(config: &Config, rule_sets: BTreeMap<String, RuleSet>) -> anyhow::Result<()> {
-    let proxy = Arc::new(Proxy::new(config, rule_sets)?);
-    let listeners = bind_workers(config.listen, config.workers)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let local = listeners[0].local_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut threads = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let (proxy, mut stop) = (proxy.clone(), stop_rx.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("grantd-worker-{i}"))
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener)?;
-                    proxy
-                        .serve(listener, async move {
-                            let _ = stop.wait_for(|s| *s).await;
-                        })
-                        .await;
-                    anyhow::Ok(())
-                })
-            })?;
-        threads.push(thread);
-    }
-    let integrations: Vec<&str> = proxy.integrations().collect();
-    tracing::info!(listen = %local, workers = config.workers, integrations = ?integrations, "grantd proxy listening");
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(shutdown_signal());
-    tracing::info!("shutting down: draining connections");
-    let _ = stop_tx.send(true);
-    for thread in threads {
-        match thread.join() {
-            Ok(result) => result?,
-            Err(_) => anyhow::bail!("a worker thread panicked"),
-        }
-    }
-    tracing::info!("grantd stopped");
-    Ok(())
-}
-
-/// `n` listening sockets on one address. With port 0 the first socket picks the port and
-/// the others join it.
-fn bind_workers(
-    addr: std::net::SocketAddr,
-    n: usize,
-) -> std::io::Result<Vec<std::net::TcpListener>> {
-    use socket2::{Domain, Socket, Type};
-    // SO_REUSEPORT would let a second grantd on this port silently share the traffic; a plain
-    // bind first makes "address in use" an error as usual.
-    if addr.port() != 0 {
-        drop(std::net::TcpListener::bind(addr)?);
-    }
-    let mut addr = addr;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(1024)?;
-        let listener: std::net::TcpListener = socket.into();
-        addr = listener.local_addr()?;
-        out.push(listener);
-    }
-    Ok(out)
 }
 
 async fn shutdown_signal() {

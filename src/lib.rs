@@ -5,6 +5,8 @@
 //! provider responses into verdicts, [`config`] is the typed deployment config and
 //! [`telemetry`] the logs and metrics.
 
+pub mod admin;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod grants;

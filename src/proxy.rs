@@ -807,7 +807,12 @@ pub fn fill_template(
                 format!("only {{metadata.KEY}} placeholders are allowed in `{template}`")
             })?;
         if probe {
-            out.push_str("placeholder");
+            // A template may start with a whole URL (`{metadata.instance_url}/services`).
+            out.push_str(if out.is_empty() {
+                "https://placeholder.invalid"
+            } else {
+                "placeholder"
+            });
         } else {
             match metadata.get(key) {
                 Some(serde_json::Value::String(v)) => out.push_str(v),

@@ -313,7 +313,7 @@ async fn serve_rewrites_lies_and_streams_a_large_download_in_constant_memory() {
     std::fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:0\nrules_dir: {}\nintegrations:\n  slack: {{ base_url: \"http://{up}/api\" }}\n",
+            "listen: 127.0.0.1:0\nrules_dir: {}\nstore: {{ path: grantd.db }}\nencryption: {{ key: {TEST_KEY} }}\nintegrations:\n  slack: {{ base_url: \"http://{up}/api\" }}\n",
             repo_path("rules").display()
         ),
     )
@@ -358,12 +358,21 @@ fn serve_refuses_to_start_on_bad_config_and_says_why() {
         ),
         ("upstream: { conect_timeout: 3s }\n", "conect_timeout"),
         ("integrations:\n  nosuch: {}\n", "nosuch"),
+        ("encryption: { key: bm90LTMyLWJ5dGVz }\n", "encryption.key"),
     ];
     for (i, (text, needle)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("c{i}.yaml"));
         std::fs::write(
             &path,
-            format!("rules_dir: {}\n{text}", repo_path("rules").display()),
+            format!(
+                "rules_dir: {}\nstore: {{ path: c{i}.db }}\n{}{text}",
+                repo_path("rules").display(),
+                if text.contains("encryption:") {
+                    String::new()
+                } else {
+                    format!("encryption: {{ key: {TEST_KEY} }}\n")
+                }
+            ),
         )
         .unwrap();
         let out = grantd_bin()

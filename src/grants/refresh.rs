@@ -146,6 +146,19 @@ impl Refresher {
     /// Refreshes `id` unless a version newer than `seen_version` is already stored. Every
     /// concurrent caller for one id in this process shares a single flight.
     pub async fn refresh(self: &Arc<Self>, id: &str, seen_version: i64) -> Refreshed {
+        self.refresh_with(id, seen_version, false).await
+    }
+
+    /// An operator's refresh: ignores a fresh token and any backoff.
+    pub async fn force(self: &Arc<Self>, id: &str) -> Refreshed {
+        match self.grants.store().get(id).await {
+            Ok(Some(row)) => self.refresh_with(id, row.version, true).await,
+            Ok(None) => Refreshed::NotFound,
+            Err(e) => transient(e.to_string(), None),
+        }
+    }
+
+    async fn refresh_with(self: &Arc<Self>, id: &str, seen_version: i64, force: bool) -> Refreshed {
         let cell = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             flights.entry(id.to_string()).or_default().clone()
@@ -157,7 +170,7 @@ impl Refresher {
                 // Run on the control runtime: a dropped caller does not cancel the refresh.
                 let task = me.runtime.spawn({
                     let me = me.clone();
-                    async move { me.run(&owned_id, seen_version).await }
+                    async move { me.run(&owned_id, seen_version, force).await }
                 });
                 task.await.unwrap_or_else(|e| Refreshed::Transient {
                     error: format!("refresh task failed: {e}"),
@@ -173,7 +186,7 @@ impl Refresher {
         result
     }
 
-    async fn run(self: Arc<Self>, id: &str, seen_version: i64) -> Refreshed {
+    async fn run(self: Arc<Self>, id: &str, seen_version: i64, force: bool) -> Refreshed {
         let owner = format!(
             "{}:{}",
             self.process,
@@ -189,7 +202,7 @@ impl Refresher {
                 Err(e) => return transient(format!("{e}"), None),
             };
             let now = now_ms();
-            if let Some(done) = self.already_settled(&row, seen_version, now) {
+            if let Some(done) = self.already_settled(&row, seen_version, now, force) {
                 return done;
             }
             if self
@@ -213,7 +226,13 @@ impl Refresher {
 
     /// What a re-read row says before any token call: someone else refreshed, the connection
     /// is paused, backing off, or cannot be refreshed. `None` means "go ahead".
-    fn already_settled(&self, row: &Row, seen_version: i64, now: i64) -> Option<Refreshed> {
+    fn already_settled(
+        &self,
+        row: &Row,
+        seen_version: i64,
+        now: i64,
+        force: bool,
+    ) -> Option<Refreshed> {
         let margin = self.config.expiry_margin.as_millis() as i64;
         let grant = match self.grants.open(row) {
             Ok(g) => g,
@@ -246,7 +265,7 @@ impl Refresher {
                 error: format!("integration `{}` has no OAuth client (auth: in its rule file, client_id in the config)", row.integration),
             });
         }
-        if let Some(at) = row.next_attempt_at.filter(|&at| at > now) {
+        if let Some(at) = row.next_attempt_at.filter(|&at| at > now && !force) {
             return Some(transient(
                 format!(
                     "backing off after {} failures: {}",
@@ -753,7 +772,10 @@ pub fn oauth_clients(
     for (name, set) in sets {
         let Some(auth) = &set.auth else { continue };
         let over = config.integrations.get(name);
-        let Some(client_id) = over.and_then(|o| o.client_id.clone()) else {
+        let Some(client_id) = over
+            .and_then(|o| o.client_id.clone())
+            .filter(|id| !id.is_empty())
+        else {
             tracing::info!(integration = %name, "no client_id configured: its connections will not be refreshed");
             continue;
         };
@@ -765,7 +787,10 @@ pub fn oauth_clients(
                     .and_then(|o| o.token_url.clone())
                     .unwrap_or_else(|| auth.token_url.clone()),
                 client_id: Secret::new(client_id),
-                client_secret: over.and_then(|o| o.client_secret.clone()).map(Secret::new),
+                client_secret: over
+                    .and_then(|o| o.client_secret.clone())
+                    .filter(|s| !s.is_empty())
+                    .map(Secret::new),
                 rules: Arc::new(set.clone()),
             },
         );

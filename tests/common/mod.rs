@@ -99,19 +99,22 @@ pub fn echo() -> Handler {
     })
 }
 
-/// A running in-process grantd. Runs on its own runtime thread so a test can end while a
-/// runaway rule still occupies a blocking thread.
+/// The encryption key and admin token every test grantd uses.
+pub const TEST_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A running in-process grantd, wired exactly as `grantd serve` (one proxy worker).
 pub struct Grantd {
     pub addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub admin: SocketAddr,
+    pub app: Option<grantd::app::App>,
     pub dir: tempfile::TempDir,
 }
 
 impl Drop for Grantd {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        // Dropping the app stops it without waiting (a runaway rule may still hold a thread).
+        drop(self.app.take());
     }
 }
 
@@ -143,39 +146,33 @@ impl GrantdBuilder {
 
     pub fn start(self) -> Grantd {
         let dir = tempfile::tempdir().unwrap();
+        self.start_in(dir)
+    }
+
+    /// Starts on an existing directory (its store survives a restart).
+    pub fn start_in(self, dir: tempfile::TempDir) -> Grantd {
         let rules = dir.path().join("rules");
-        std::fs::create_dir(&rules).unwrap();
+        std::fs::create_dir_all(&rules).unwrap();
         for (name, text) in &self.rule_files {
             std::fs::write(rules.join(name), text).unwrap();
         }
         let config_path = dir.path().join("grantd.yaml");
-        std::fs::write(&config_path, format!("rules_dir: rules\n{}", self.config)).unwrap();
+        let text = format!(
+            "rules_dir: rules\nlisten: 127.0.0.1:0\nworkers: 1\nstore: {{ path: grantd.db }}\nencryption: {{ key: {TEST_KEY} }}\nadmin: {{ listen: 127.0.0.1:0, token: {ADMIN_TOKEN} }}\n{}",
+            self.config
+        );
+        std::fs::write(&config_path, text).unwrap();
         let config = grantd::config::Config::load(&config_path).expect("test config loads");
         let sets = grantd::rules::load_dir(&config.rules_dir).expect("test rules load");
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        // One single-threaded runtime, exactly like one production worker.
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let proxy = Arc::new(grantd::proxy::Proxy::new(&config, sets).unwrap());
-                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                proxy
-                    .serve(listener, async {
-                        let _ = stop_rx.await;
-                    })
-                    .await;
-            });
-            rt.shutdown_background();
-        });
-        let addr = addr_rx.recv().unwrap();
+        // App::start builds runtimes, so it cannot run inside the test's runtime.
+        let app = std::thread::spawn(move || grantd::app::App::start(&config, sets))
+            .join()
+            .unwrap()
+            .expect("grantd starts");
         Grantd {
-            addr,
-            stop: Some(stop_tx),
+            addr: app.proxy_addr,
+            admin: app.admin_addr.expect("admin API on"),
+            app: Some(app),
             dir,
         }
     }

@@ -1,0 +1,330 @@
+//! The admin API (its own listener, default 127.0.0.1:4181, `Authorization: Bearer <token>`):
+//! import, inspect, list, delete and refresh connections; per-integration counts.
+//!
+//! Owns the admin HTTP surface and its JSON error contract (`{"error": code, "message": ...}`).
+//! It must never return or log a token: it serves [`ConnectionView`]s only.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::grants::refresh::Refresher;
+use crate::grants::{ConnectionView, GrantError, Grants, PutConnection};
+use crate::store::{ListQuery, Status};
+
+type Body = Full<Bytes>;
+
+pub struct Admin {
+    grants: Arc<Grants>,
+    refresher: Arc<Refresher>,
+    token_digest: Vec<u8>,
+    integrations: BTreeMap<String, bool>,
+}
+
+impl Admin {
+    /// `integrations` maps every known integration to whether it has an OAuth client.
+    pub fn new(
+        grants: Arc<Grants>,
+        refresher: Arc<Refresher>,
+        token: &str,
+        integrations: BTreeMap<String, bool>,
+    ) -> Admin {
+        Admin {
+            grants,
+            refresher,
+            token_digest: digest(token.as_bytes()),
+            integrations,
+        }
+    }
+
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let admin = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        if !self.authorized(&req) {
+            let mut resp = fail(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send Authorization: Bearer <admin token>",
+            );
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+        let path = req.uri().path().to_string();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let method = req.method().clone();
+        match (method, segments.as_slice()) {
+            (Method::GET, ["v1", "integrations"]) => self.integrations().await,
+            (Method::GET, ["v1", "connections"]) => self.list(req.uri().query()).await,
+            (Method::PUT, ["v1", "connections", id]) => {
+                let id = id.to_string();
+                self.put(&id, req).await
+            }
+            (Method::GET, ["v1", "connections", id]) => self.get(id).await,
+            (Method::DELETE, ["v1", "connections", id]) => self.delete(id).await,
+            (Method::POST, ["v1", "connections", id, "refresh"]) => {
+                let outcome = self.refresher.force(id).await;
+                let status = match &outcome {
+                    crate::grants::refresh::Refreshed::NotFound => StatusCode::NOT_FOUND,
+                    _ => StatusCode::OK,
+                };
+                ok(status, &serde_json::to_value(&outcome).unwrap_or_default())
+            }
+            _ => fail(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no admin endpoint {} {path}", req.method()),
+            ),
+        }
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Comparing digests keeps the comparison's timing independent of the token's content.
+        digest(presented.as_bytes()) == self.token_digest
+    }
+
+    async fn put(&self, id: &str, req: Request<Incoming>) -> Response<Body> {
+        let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return fail(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "the body is limited to 64 KiB",
+                )
+            }
+        };
+        let put = match parse_put(&body) {
+            Ok(p) => p,
+            Err(message) => return fail(StatusCode::BAD_REQUEST, "invalid_body", &message),
+        };
+        if !self.integrations.contains_key(&put.integration) {
+            let known: Vec<&str> = self.integrations.keys().map(String::as_str).collect();
+            let message = format!(
+                "no integration `{}`; known: {}",
+                put.integration,
+                known.join(", ")
+            );
+            return fail(StatusCode::BAD_REQUEST, "unknown_integration", &message);
+        }
+        match self.grants.put(id, put).await {
+            Ok(view) => ok(StatusCode::OK, &to_json(&view)),
+            Err(e) => grant_error(e),
+        }
+    }
+
+    async fn get(&self, id: &str) -> Response<Body> {
+        match self.grants.view(id).await {
+            Ok(view) => ok(StatusCode::OK, &to_json(&view)),
+            Err(e) => grant_error(e),
+        }
+    }
+
+    async fn delete(&self, id: &str) -> Response<Body> {
+        match self.grants.delete(id).await {
+            Ok(true) => Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(Full::default())
+                .expect("static response"),
+            Ok(false) => fail(
+                StatusCode::NOT_FOUND,
+                "unknown_connection",
+                &format!("no connection `{id}`"),
+            ),
+            Err(e) => grant_error(e),
+        }
+    }
+
+    async fn list(&self, query: Option<&str>) -> Response<Body> {
+        let mut q = ListQuery {
+            limit: 100,
+            ..Default::default()
+        };
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match k.as_ref() {
+                "integration" => q.integration = Some(v.into_owned()),
+                "status" => match Status::parse(&v) {
+                    Some(s) => q.status = Some(s),
+                    None => {
+                        return fail(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_query",
+                            "status is active, needs_reauth or config_error",
+                        )
+                    }
+                },
+                "after" => q.after = Some(v.into_owned()),
+                "limit" => match v.parse::<u32>() {
+                    Ok(n) if (1..=1000).contains(&n) => q.limit = n,
+                    _ => {
+                        return fail(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_query",
+                            "limit is 1 to 1000",
+                        )
+                    }
+                },
+                other => {
+                    return fail(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_query",
+                        &format!("unknown parameter `{other}`"),
+                    )
+                }
+            }
+        }
+        match self.grants.list(&q).await {
+            Ok(views) => {
+                let next = (views.len() == q.limit as usize)
+                    .then(|| views.last().map(|v| v.id.clone()))
+                    .flatten();
+                ok(
+                    StatusCode::OK,
+                    &json!({"connections": views.iter().map(to_json).collect::<Vec<_>>(), "next": next}),
+                )
+            }
+            Err(e) => grant_error(e),
+        }
+    }
+
+    async fn integrations(&self) -> Response<Body> {
+        let counts = match self.grants.store().counts().await {
+            Ok(c) => c,
+            Err(e) => return grant_error(e.into()),
+        };
+        let list: Vec<serde_json::Value> = self
+            .integrations
+            .iter()
+            .map(|(name, oauth)| {
+                let mut by_status = json!({"active": 0, "needs_reauth": 0, "config_error": 0});
+                for (i, status, n) in &counts {
+                    if i == name {
+                        by_status[status.as_str()] = json!(n);
+                    }
+                }
+                json!({"integration": name, "oauth_client": oauth, "connections": by_status})
+            })
+            .collect();
+        ok(StatusCode::OK, &json!({"integrations": list}))
+    }
+}
+
+fn digest(b: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .to_vec()
+}
+
+fn to_json(view: &ConnectionView) -> serde_json::Value {
+    serde_json::to_value(view).unwrap_or_default()
+}
+
+/// serde_json's "invalid type" messages quote the offending value, which could be a token:
+/// only the field path and messages made of our own names (unknown/missing field) get out.
+fn parse_put(body: &[u8]) -> Result<PutConnection, String> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let safe = inner.starts_with("unknown field")
+            || inner.starts_with("missing field")
+            || inner.starts_with("unknown variant");
+        let what = if safe {
+            inner.split(" at line").next().unwrap_or("").to_string()
+        } else {
+            "invalid or malformed value".into()
+        };
+        format!("body is not a valid connection: {path}: {what}")
+    })
+}
+
+fn grant_error(e: GrantError) -> Response<Body> {
+    match e {
+        GrantError::NotFound(id) => fail(
+            StatusCode::NOT_FOUND,
+            "unknown_connection",
+            &format!("no connection `{id}`"),
+        ),
+        GrantError::Invalid(m) => fail(StatusCode::BAD_REQUEST, "invalid_connection", &m),
+        other => {
+            tracing::error!(error = %other, "admin request failed");
+            fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                &other.to_string(),
+            )
+        }
+    }
+}
+
+fn ok(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn fail(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    ok(status, &json!({"error": code, "message": message}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_errors_name_the_field_but_never_echo_a_value() {
+        let e =
+            parse_put(br#"{"integration": "slack", "credentials": {"access_token": 12345678901}}"#)
+                .unwrap_err();
+        assert!(
+            e.contains("credentials.access_token") && !e.contains("12345678901"),
+            "{e}"
+        );
+        let e =
+            parse_put(br#"{"integration": "slack", "credentials": {"expires_in": "xoxb-leaked"}}"#)
+                .unwrap_err();
+        assert!(!e.contains("xoxb-leaked"), "{e}");
+        let e = parse_put(br#"{"integration": "slack", "credentials": {"acess_token": "x"}}"#)
+            .unwrap_err();
+        assert!(e.contains("unknown field `acess_token`"), "{e}");
+    }
+}

@@ -1,0 +1,192 @@
+//! Wiring: builds every part from the typed config and runs it.
+//!
+//! A **control runtime** (multi-threaded) owns the store, the refresher, the admin API and the
+//! proactive refresh loop. The **proxy workers** are single-threaded runtimes, one per thread
+//! with its own `SO_REUSEPORT` listener; they read grants from memory and hand refreshes to the
+//! control runtime. This module must not contain request logic.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::grants::crypto::Keyring;
+use crate::grants::refresh::{oauth_clients, Refresher};
+use crate::grants::Grants;
+use crate::inject::Connections;
+use crate::proxy::Proxy;
+use crate::rules::RuleSet;
+use crate::store::sqlite::SqliteStore;
+use crate::upstream;
+
+/// The encryption key in `examples/grantd.yaml`: fine for trying grantd, never for real tokens.
+pub const EXAMPLE_KEY: &str = "ZXhhbXBsZS1rZXktZG8tbm90LXVzZS1pbi1wcm9kISE=";
+
+/// A running grantd.
+pub struct App {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub grants: Arc<Grants>,
+    pub refresher: Arc<Refresher>,
+    stop: watch::Sender<bool>,
+    workers: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
+    control: Option<tokio::runtime::Runtime>,
+}
+
+impl App {
+    pub fn start(config: &Config, rule_sets: BTreeMap<String, RuleSet>) -> anyhow::Result<App> {
+        let encryption = config.encryption.as_ref().context(
+            "encryption.key is required: tokens are encrypted at rest (make one with: openssl rand -base64 32)",
+        )?;
+        let keys =
+            Keyring::new(&encryption.key, &encryption.previous_keys).map_err(anyhow::Error::msg)?;
+        if encryption.key.trim() == EXAMPLE_KEY {
+            tracing::warn!("encryption.key is the example key from examples/grantd.yaml: fine for trying grantd, never for real tokens");
+        }
+        let control = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("grantd-control")
+            .enable_all()
+            .build()?;
+        let store = control
+            .block_on(SqliteStore::open(&config.store.path))
+            .with_context(|| format!("store {}", config.store.path.display()))?;
+        let grants = Arc::new(Grants::new(Arc::new(store), keys));
+        let clients = oauth_clients(config, &rule_sets);
+        let token_client =
+            upstream::client(&config.upstream, upstream::tls_config(&config.upstream)?);
+        let refresher = Arc::new(Refresher::new(
+            grants.clone(),
+            token_client,
+            clients.clone(),
+            config.refresh.clone(),
+            control.handle().clone(),
+        ));
+        let injects = rule_sets
+            .iter()
+            .filter_map(|(name, set)| set.auth.as_ref().map(|a| (name.clone(), a.inject.clone())))
+            .collect();
+        let connections = Arc::new(Connections::new(grants.clone(), refresher.clone(), injects));
+        let proxy = Arc::new(Proxy::new(config, rule_sets)?.with_connections(connections));
+        let (stop, stop_rx) = watch::channel(false);
+
+        let admin_addr = match &config.admin.token {
+            Some(token) if !token.is_empty() => {
+                let integrations = proxy
+                    .integrations()
+                    .map(|n| (n.to_string(), clients.contains_key(n)))
+                    .collect();
+                let admin = Arc::new(Admin::new(
+                    grants.clone(),
+                    refresher.clone(),
+                    token,
+                    integrations,
+                ));
+                let listener = control
+                    .block_on(tokio::net::TcpListener::bind(config.admin.listen))
+                    .with_context(|| format!("cannot listen on {} (admin)", config.admin.listen))?;
+                let addr = listener.local_addr()?;
+                control.spawn(admin.serve(listener, stop_rx.clone()));
+                Some(addr)
+            }
+            _ => {
+                tracing::warn!("admin.token is not set: the admin API is off");
+                None
+            }
+        };
+        control.spawn(refresher.clone().run_proactive());
+
+        let listeners = bind_workers(config.listen, config.workers)
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let proxy_addr = listeners[0].local_addr()?;
+        let mut workers = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (proxy, mut stop) = (proxy.clone(), stop_rx.clone());
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("grantd-worker-{i}"))
+                    .spawn(move || {
+                        let runtime = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()?;
+                        runtime.block_on(async move {
+                            let listener = tokio::net::TcpListener::from_std(listener)?;
+                            proxy
+                                .serve(listener, async move {
+                                    let _ = stop.wait_for(|s| *s).await;
+                                })
+                                .await;
+                            anyhow::Ok(())
+                        })?;
+                        runtime.shutdown_background();
+                        Ok(())
+                    })?,
+            );
+        }
+        let integrations: Vec<&str> = proxy.integrations().collect();
+        tracing::info!(listen = %proxy_addr, admin = ?admin_addr, workers = config.workers, integrations = ?integrations, "grantd proxy listening");
+        Ok(App {
+            proxy_addr,
+            admin_addr,
+            grants,
+            refresher,
+            stop,
+            workers,
+            control: Some(control),
+        })
+    }
+
+    /// Stops accepting, drains the workers' connections, stops the control plane.
+    pub fn shutdown(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        for worker in std::mem::take(&mut self.workers) {
+            match worker.join() {
+                Ok(result) => result?,
+                Err(_) => anyhow::bail!("a worker thread panicked"),
+            }
+        }
+        if let Some(control) = self.control.take() {
+            control.shutdown_timeout(Duration::from_secs(5));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(control) = self.control.take() {
+            control.shutdown_background();
+        }
+    }
+}
+
+/// `n` listening sockets on one address (SO_REUSEPORT). With port 0 the first socket picks the
+/// port and the others join it.
+fn bind_workers(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    // SO_REUSEPORT would let a second grantd on this port silently share the traffic; a plain
+    // bind first makes "address in use" an error as usual.
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
+    let mut addr = addr;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        out.push(listener);
+    }
+    Ok(out)
+}
