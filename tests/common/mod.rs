@@ -111,6 +111,18 @@ pub struct Grantd {
     pub dir: tempfile::TempDir,
 }
 
+impl Grantd {
+    /// Shuts down gracefully and hands back the directory (store included) for a restart.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let app = self.app.take().expect("running");
+        std::thread::spawn(move || app.shutdown())
+            .join()
+            .unwrap()
+            .expect("clean shutdown");
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+}
+
 impl Drop for Grantd {
     fn drop(&mut self) {
         // Dropping the app stops it without waiting (a runaway rule may still hold a thread).
