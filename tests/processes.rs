@@ -1,0 +1,198 @@
+//! Several `grantd serve` processes on one SQLite file: one refresh across processes, takeover
+//! of a dead holder's lease, and logs that never carry a token or a secret.
+
+mod common;
+mod oauth;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::Full;
+use oauth::{Mode, Provider};
+
+/// A `grantd serve` child; killed (SIGKILL) on drop. Its stderr is collected.
+struct Process {
+    child: Child,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(config: &Path) -> Process {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_grantd"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("GRANTD_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("grantd proxy listening") {
+                let field = |name: &str| {
+                    line.split(name).nth(1).map(|s| {
+                        s.trim_start_matches("Some(")
+                            .split([' ', ')'])
+                            .next()
+                            .unwrap()
+                            .to_string()
+                    })
+                };
+                let _ = tx.send((field("listen=").unwrap(), field("admin=").unwrap()));
+            }
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    let Ok((proxy, admin)) = rx.recv_timeout(Duration::from_secs(30)) else {
+        std::thread::sleep(Duration::from_millis(200));
+        panic!("grantd did not start:\n{}", log.lock().unwrap());
+    };
+    Process {
+        child,
+        proxy: proxy.parse().unwrap(),
+        admin: admin.parse().unwrap(),
+        log,
+    }
+}
+
+fn write_config(dir: &Path, p: &Provider, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("grantd.yaml");
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    std::fs::write(dir.join("rules/lab.yaml"), oauth::RULES).unwrap();
+    let text = format!(
+        "listen: 127.0.0.1:0\nrules_dir: rules\nstore: {{ path: shared.db }}\nencryption: {{ key: {TEST_KEY} }}\nadmin: {{ listen: 127.0.0.1:0, token: {ADMIN_TOKEN} }}\n{}",
+        oauth::config(p, extra)
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn put_expired(admin: SocketAddr, id: &str, refresh: &str) {
+    let body = serde_json::json!({"integration": "lab", "credentials": {"access_token": "at-stale", "refresh_token": refresh, "expires_in": 0}});
+    let req = Request::put(format!("http://{admin}/v1/connections/{id}"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    assert_eq!(send(req).await.status, 200);
+}
+
+fn call(proxy: SocketAddr, id: &'static str) -> tokio::task::JoinHandle<Option<u16>> {
+    tokio::spawn(async move {
+        let req = Request::get(format!("http://{proxy}/lab/whoami"))
+            .header("grantd-connection", id)
+            .body(Full::default())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(20), client().request(req))
+            .await
+            .ok()?
+            .ok()?;
+        Some(resp.status().as_u16())
+    })
+}
+
+#[tokio::test]
+async fn two_processes_on_one_file_make_one_token_call_and_log_no_secrets() {
+    let p = Provider::start().await;
+    p.grant("rt-0");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &p, "");
+    let a = spawn(&config);
+    let b = spawn(&config);
+    put_expired(a.admin, "acct_1", "rt-0").await;
+    let calls: Vec<_> = (0..100)
+        .map(|i| call(if i % 2 == 0 { a.proxy } else { b.proxy }, "acct_1"))
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap(), Some(200));
+    }
+    assert_eq!(
+        p.calls(),
+        1,
+        "one token-endpoint call across both processes"
+    );
+    assert_eq!(
+        p.family_revocations
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    let logs = format!("{}{}", a.log.lock().unwrap(), b.log.lock().unwrap());
+    assert!(logs.lines().count() > 20, "trace logging was on");
+    let mut secrets = p.all_tokens();
+    secrets.extend([
+        "at-stale".to_string(),
+        oauth::CLIENT_SECRET.to_string(),
+        TEST_KEY.to_string(),
+        ADMIN_TOKEN.to_string(),
+    ]);
+    for secret in secrets {
+        assert!(!logs.contains(&secret), "a log line contains {secret}");
+    }
+}
+
+#[tokio::test]
+async fn a_killed_lease_holder_is_taken_over_after_the_lease_deadline() {
+    let p = Provider::start().await;
+    p.grant("rt-0");
+    p.set_mode(Mode::HangFirst);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &p,
+        "refresh: { lease: 2s, token_timeout: 1500ms, lease_poll: 50ms }\n",
+    );
+    let mut a = spawn(&config);
+    let b = spawn(&config);
+    put_expired(a.admin, "acct_1", "rt-0").await;
+    let stuck = call(a.proxy, "acct_1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.calls() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a never called the token endpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.child.kill().unwrap(); // SIGKILL while it holds the lease
+    let _ = a.child.wait();
+    let started = Instant::now();
+    assert_eq!(
+        call(b.proxy, "acct_1").await.unwrap(),
+        Some(200),
+        "b completed the refresh"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no request hangs past its timeout"
+    );
+    assert_eq!(p.calls(), 2);
+    let times = p.token_call_times.lock().unwrap().clone();
+    let gap = times[1] - times[0];
+    assert!(
+        gap >= Duration::from_millis(1900),
+        "b waited for the lease deadline (gap {gap:?})"
+    );
+    assert!(
+        stuck.await.unwrap().is_none(),
+        "a's own request died with a"
+    );
+}
