@@ -463,3 +463,151 @@ async fn a_token_response_without_a_refresh_token_keeps_the_old_one() {
         true
     );
 }
+
+#[tokio::test]
+async fn a_live_reauth_verdict_pauses_the_connection() {
+    let p = Provider::start().await;
+    p.grant("rt-0");
+    let rules = format!(
+        "{}  - name: revoked\n    match: {{ status: [403] }}\n    expr: 'body.error = \"token_revoked\" ? {{ \"status\": 401, \"action\": \"reauth\", \"error\": \"token_revoked\" }}'\n",
+        oauth::RULES.replace("rules: []\n", "rules:\n")
+    );
+    let g = grantd(&oauth::config(&p, ""))
+        .rule_file("lab.yaml", &rules)
+        .start();
+    put_expired(&g, "acct_1", "rt-0").await;
+    let req = Request::get(format!("http://{}/lab/revoked", g.addr))
+        .header("grantd-connection", "acct_1")
+        .body(Full::default())
+        .unwrap();
+    let got = send(req).await;
+    assert_eq!(
+        (got.status, got.header("grantd-action")),
+        (401, Some("reauth"))
+    );
+    let view = admin(g.admin, "GET", "/v1/connections/acct_1", None)
+        .await
+        .json();
+    assert_eq!(view["status"], "needs_reauth");
+    let app = g.app.as_ref().unwrap();
+    let last = app
+        .grants
+        .store()
+        .transitions("acct_1")
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        (last.cause.as_str(), last.detail["error"].as_str()),
+        ("rule_verdict", Some("token_revoked"))
+    );
+    let api_calls = p.api_calls.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(call(&g, "acct_1").await.json()["error"], "needs_reauth");
+    assert_eq!(
+        p.api_calls.load(std::sync::atomic::Ordering::SeqCst),
+        api_calls,
+        "paused: the provider is not called"
+    );
+}
+
+#[tokio::test]
+async fn refreshes_per_integration_are_capped_and_a_missing_expires_in_gets_the_default_lifetime() {
+    let p = Provider::start().await;
+    p.set_mode(Mode::Slow);
+    let g = start(
+        &p,
+        "refresh: { max_concurrent_per_integration: 2, default_lifetime: 2h }\n",
+    );
+    for i in 0..8 {
+        p.grant(&format!("rt-c{i}"));
+        put_expired(&g, &format!("acct_{i}"), &format!("rt-c{i}")).await;
+    }
+    let ids: [&'static str; 8] = [
+        "acct_0", "acct_1", "acct_2", "acct_3", "acct_4", "acct_5", "acct_6", "acct_7",
+    ];
+    let tasks: Vec<_> = ids
+        .into_iter()
+        .map(|id| {
+            let addr = g.addr;
+            tokio::spawn(async move {
+                let req = Request::get(format!("http://{addr}/lab/whoami"))
+                    .header("grantd-connection", id)
+                    .body(Full::default())
+                    .unwrap();
+                send(req).await.status
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(p.calls(), 8);
+    assert_eq!(
+        p.max_in_flight.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "never more than the cap at once"
+    );
+    let view = admin(g.admin, "GET", "/v1/connections/acct_0", None)
+        .await
+        .json();
+    let expires = grantd::grants::parse_rfc3339(view["expires_at"].as_str().unwrap()).unwrap();
+    let left = expires - grantd::store::now_ms();
+    assert!(
+        (7_000_000..=7_200_000).contains(&left),
+        "about two hours left, got {left} ms"
+    );
+}
+
+#[tokio::test]
+async fn templated_base_urls_and_query_injection_follow_the_rule_file() {
+    let p = Provider::start().await;
+    p.grant("rt-0");
+    let rules = oauth::RULES
+        .replace(
+            "base_url: http://127.0.0.1:1",
+            "base_url: \"http://{metadata.host}/tenant\"",
+        )
+        .replace(
+            "  client_auth: basic\n",
+            "  client_auth: basic\n  inject: { query: access_token }\n",
+        );
+    let config =
+        oauth::config(&p, "").replace(&format!("    base_url: \"http://{}/api\"\n", p.addr), "");
+    let g = grantd(&config).rule_file("lab.yaml", &rules).start();
+    let body = serde_json::json!({"integration": "lab", "credentials": {"access_token": "at-x", "refresh_token": "rt-0", "expires_in": 0}, "metadata": {"host": p.addr.to_string()}});
+    assert_eq!(
+        admin(g.admin, "PUT", "/v1/connections/acct_1", Some(body))
+            .await
+            .status,
+        200
+    );
+    let req = Request::get(format!("http://{}/lab/items?page=2", g.addr))
+        .header("authorization", "Bearer grantd:acct_1")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(req).await.status, 200);
+    let (path, query, auth) = p.last_api_request.lock().unwrap().clone().unwrap();
+    assert_eq!(path, "/tenant/items");
+    assert!(
+        query
+            .as_deref()
+            .unwrap()
+            .starts_with("page=2&access_token=at-"),
+        "{query:?}"
+    );
+    assert_eq!(
+        auth, None,
+        "the app's Authorization never reaches the provider"
+    );
+    let without = send(
+        Request::get(format!("http://{}/lab/items", g.addr))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (without.status, without.json()["error"].as_str()),
+        (400, Some("connection_required"))
+    );
+}

@@ -30,6 +30,8 @@ pub enum Mode {
     HangFirst,
     /// Answers without a refresh_token and keeps the presented one valid (no rotation).
     NoRotation,
+    /// Normal, but every token call takes 200 ms (to observe concurrency) and has no expires_in.
+    Slow,
 }
 
 #[derive(Default)]
@@ -47,6 +49,9 @@ pub struct Provider {
     pub token_call_times: Mutex<Vec<Instant>>,
     pub api_calls: AtomicUsize,
     pub api_rejections: AtomicUsize,
+    pub in_flight: AtomicUsize,
+    pub max_in_flight: AtomicUsize,
+    pub last_api_request: Mutex<Option<(String, Option<String>, Option<String>)>>,
     pub family_revocations: AtomicUsize,
     mode: Mutex<Mode>,
     lifetime: Mutex<Duration>,
@@ -68,6 +73,9 @@ impl Provider {
             token_call_times: Mutex::new(Vec::new()),
             api_calls: AtomicUsize::new(0),
             api_rejections: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            last_api_request: Mutex::new(None),
             family_revocations: AtomicUsize::new(0),
             mode: Mutex::new(Mode::Normal),
             lifetime: Mutex::new(Duration::from_secs(3600)),
@@ -124,13 +132,30 @@ impl Provider {
 
     fn api(&self, req: Request<Incoming>) -> Response<Body> {
         self.api_calls.fetch_add(1, Ordering::SeqCst);
-        let token = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("")
-            .to_string();
+        let query_token = req.uri().query().and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "access_token")
+                .map(|(_, v)| v.into_owned())
+        });
+        *self.last_api_request.lock().unwrap() = Some((
+            req.uri().path().to_string(),
+            req.uri().query().map(str::to_string),
+            req.headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        ));
+        if req.uri().path().ends_with("/revoked") {
+            return json_response(403, r#"{"error":"token_revoked"}"#);
+        }
+        let token = query_token.unwrap_or_else(|| {
+            req.headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("")
+                .to_string()
+        });
         let live = self
             .state
             .lock()
@@ -157,6 +182,12 @@ impl Provider {
         let mode = *self.mode.lock().unwrap();
         if mode == Mode::HangFirst && n == 0 {
             tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        if mode == Mode::Slow {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
         match mode {
             Mode::InvalidClient => {
@@ -222,6 +253,12 @@ impl Provider {
         let lifetime = *self.lifetime.lock().unwrap();
         s.access.insert(access.clone(), Instant::now() + lifetime);
         s.live_refresh.insert(refresh.clone());
+        if mode == Mode::Slow {
+            return json_response(
+                200,
+                &serde_json::json!({"access_token": access, "refresh_token": refresh}).to_string(),
+            );
+        }
         json_response(
             200,
             &serde_json::json!({
