@@ -34,6 +34,9 @@ pub enum Mode {
     Slow,
 }
 
+/// What the API last saw: path, query, Authorization header.
+pub type SeenRequest = (String, Option<String>, Option<String>);
+
 #[derive(Default)]
 struct State {
     live_refresh: HashSet<String>,
@@ -51,7 +54,7 @@ pub struct Provider {
     pub api_rejections: AtomicUsize,
     pub in_flight: AtomicUsize,
     pub max_in_flight: AtomicUsize,
-    pub last_api_request: Mutex<Option<(String, Option<String>, Option<String>)>>,
+    pub last_api_request: Mutex<Option<SeenRequest>>,
     pub family_revocations: AtomicUsize,
     mode: Mutex<Mode>,
     lifetime: Mutex<Duration>,
