@@ -63,6 +63,7 @@ async fn a_thousand_concurrent_requests_on_an_expired_connection_cause_one_token
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .http2_only(true)
             .build_http();
+    let started = std::time::Instant::now();
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
             let (h2, addr) = (h2.clone(), g.addr);
@@ -78,6 +79,10 @@ async fn a_thousand_concurrent_requests_on_an_expired_connection_cause_one_token
     for t in tasks {
         assert_eq!(t.await.unwrap().expect("request completes"), 200);
     }
+    eprintln!(
+        "measured: 1000 concurrent requests on an expired connection took {:?}",
+        started.elapsed()
+    );
     assert_eq!(p.calls(), 1, "exactly one token-endpoint call");
     assert_eq!(p.family_revocations.load(Ordering::SeqCst), 0);
     assert_eq!(
@@ -609,5 +614,66 @@ async fn templated_base_urls_and_query_injection_follow_the_rule_file() {
     assert_eq!(
         (without.status, without.json()["error"].as_str()),
         (400, Some("connection_required"))
+    );
+}
+
+#[tokio::test]
+async fn token_rules_classify_a_lying_token_endpoint() {
+    let p = Provider::start().await;
+    p.grant("rt-0");
+    p.set_mode(Mode::GithubLies);
+    // The shipped GitHub token rules, on the fake provider.
+    let github = std::fs::read_to_string(repo_path("rules/github.yaml")).unwrap();
+    let token_rules = &github[github.find("  - name: token-endpoint-grant-dead").unwrap()
+        ..github.find("\ntests:").unwrap()];
+    let rules = format!(
+        "{}{token_rules}\n",
+        oauth::RULES.replace("rules: []\n", "rules:\n")
+    );
+    let g = grantd(&oauth::config(&p, ""))
+        .rule_file("lab.yaml", &rules)
+        .start();
+    put_expired(&g, "acct_1", "rt-0").await;
+    let got = call(&g, "acct_1").await;
+    assert_eq!(
+        got.json()["error"],
+        "needs_reauth",
+        "a 200 with error=bad_refresh_token is a dead grant"
+    );
+    assert_eq!(p.calls(), 1);
+    let view = admin(g.admin, "GET", "/v1/connections/acct_1", None)
+        .await
+        .json();
+    assert_eq!(
+        (
+            view["status"].as_str(),
+            view["last_error"]["class"].as_str()
+        ),
+        (Some("needs_reauth"), Some("bad_refresh_token"))
+    );
+}
+
+#[tokio::test]
+async fn deleted_connections_are_gone_for_the_proxy_too() {
+    let p = Provider::start().await;
+    p.grant("rt-0");
+    let g = start(&p, "");
+    put_expired(&g, "acct_1", "rt-0").await;
+    assert_eq!(call(&g, "acct_1").await.status, 200);
+    assert_eq!(
+        admin(g.admin, "DELETE", "/v1/connections/acct_1", None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        admin(g.admin, "DELETE", "/v1/connections/acct_1", None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        call(&g, "acct_1").await.json()["error"],
+        "unknown_connection"
     );
 }

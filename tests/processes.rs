@@ -187,6 +187,7 @@ async fn a_killed_lease_holder_is_taken_over_after_the_lease_deadline() {
     assert_eq!(p.calls(), 2);
     let times = p.token_call_times.lock().unwrap().clone();
     let gap = times[1] - times[0];
+    eprintln!("measured: takeover token call {gap:?} after the dead holder's (lease 2 s)");
     assert!(
         gap >= Duration::from_millis(1900),
         "b waited for the lease deadline (gap {gap:?})"

@@ -243,6 +243,9 @@ impl Refresher {
             }
         };
         if row.status == Status::NeedsReauth {
+            // Another process may have paused it: let this process's cache know, so its
+            // requests stop reaching the provider too.
+            self.grants.remember(grant);
             return Some(Refreshed::NeedsReauth {
                 error: last_code(row),
             });

@@ -30,6 +30,8 @@ pub enum Mode {
     HangFirst,
     /// Answers without a refresh_token and keeps the presented one valid (no rotation).
     NoRotation,
+    /// GitHub-style: HTTP 200 with a form-encoded `error=bad_refresh_token`.
+    GithubLies,
     /// Normal, but every token call takes 200 ms (to observe concurrency) and has no expires_in.
     Slow,
 }
@@ -193,6 +195,14 @@ impl Provider {
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
         match mode {
+            Mode::GithubLies => {
+                let mut r = json_response(200, "error=bad_refresh_token&error_description=The+refresh+token+passed+is+incorrect+or+expired.");
+                r.headers_mut().insert(
+                    "content-type",
+                    http::HeaderValue::from_static("application/x-www-form-urlencoded"),
+                );
+                return r;
+            }
             Mode::InvalidClient => {
                 return json_response(
                     401,
