@@ -54,7 +54,10 @@ impl App {
             .enable_all()
             .build()?;
         let store = control
-            .block_on(SqliteStore::open(&config.store.path))
+            .block_on(SqliteStore::open(
+                &config.store.path,
+                config.store.busy_timeout,
+            ))
             .with_context(|| format!("store {}", config.store.path.display()))?;
         let grants = Arc::new(Grants::new(Arc::new(store), keys));
         let clients = oauth_clients(config, &rule_sets);

@@ -90,12 +90,16 @@ pub struct StoreConfig {
     /// The embedded store's SQLite file, relative to the config file.
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// How long a write waits for another process's lock before failing (and being retried).
+    #[serde(with = "humantime_serde", default = "d10")]
+    pub busy_timeout: Duration,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: default_store_path(),
+            busy_timeout: d10(),
         }
     }
 }

@@ -677,3 +677,49 @@ async fn deleted_connections_are_gone_for_the_proxy_too() {
         "unknown_connection"
     );
 }
+
+/// Another process holds the SQLite write lock when the new tokens come back: the write fails
+/// (busy) and is retried until it lands. Dropping it would lose the rotated refresh token.
+#[tokio::test]
+async fn a_refresh_result_that_cannot_be_stored_yet_is_retried_not_dropped() {
+    use sqlx::Connection as _;
+    let p = Provider::start().await;
+    p.grant("rt-0");
+    p.set_mode(Mode::Slow);
+    let g = grantd(&oauth::config(&p, ""))
+        .rule_file("lab.yaml", oauth::RULES)
+        .busy_timeout("200ms")
+        .start();
+    put_expired(&g, "acct_1", "rt-0").await;
+    let addr = g.addr;
+    let request = tokio::spawn(async move {
+        let req = Request::get(format!("http://{addr}/lab/whoami"))
+            .header("grantd-connection", "acct_1")
+            .body(Full::default())
+            .unwrap();
+        send(req).await.status
+    });
+    while p.calls() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The token call takes 200 ms: take the write lock before it returns, hold it 1.5 s.
+    let db = g.dir.path().join("grantd.db");
+    let mut blocker = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
+    assert_eq!(request.await.unwrap(), 200);
+    assert_eq!(p.calls(), 1);
+    // The rotated refresh token was stored: the next refresh presents it and succeeds.
+    p.set_mode(Mode::Normal);
+    let forced = admin(g.admin, "POST", "/v1/connections/acct_1/refresh", None)
+        .await
+        .json();
+    assert_eq!(forced["outcome"], "ok", "{forced}");
+    assert_eq!(p.family_revocations.load(Ordering::SeqCst), 0);
+}

@@ -25,14 +25,14 @@ fn db(e: impl std::fmt::Display) -> StoreError {
 
 impl SqliteStore {
     /// Opens (creating if needed) the file and applies pending migrations.
-    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+    pub async fn open(path: &Path, busy_timeout: Duration) -> Result<SqliteStore, StoreError> {
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
             .map_err(db)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a rotated refresh token that was acknowledged survives a power cut too.
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(busy_timeout);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -376,7 +376,7 @@ mod tests {
 
     async fn open() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("grantd.db"))
+        let store = SqliteStore::open(&dir.path().join("grantd.db"), Duration::from_secs(5))
             .await
             .unwrap();
         (dir, store)

@@ -133,6 +133,7 @@ impl Drop for Grantd {
 pub struct GrantdBuilder {
     config: String,
     rule_files: Vec<(String, String)>,
+    busy_timeout: &'static str,
 }
 
 /// `config` is grantd.yaml text without `rules_dir` (the builder writes the rules to a temp dir).
@@ -140,12 +141,19 @@ pub fn grantd(config: &str) -> GrantdBuilder {
     GrantdBuilder {
         config: config.to_string(),
         rule_files: Vec::new(),
+        busy_timeout: "10s",
     }
 }
 
 impl GrantdBuilder {
     pub fn rule_file(mut self, name: &str, text: &str) -> Self {
         self.rule_files.push((name.to_string(), text.to_string()));
+        self
+    }
+
+    /// How long store writes wait for a lock (short, to exercise write retries).
+    pub fn busy_timeout(mut self, t: &'static str) -> Self {
+        self.busy_timeout = t;
         self
     }
 
@@ -170,8 +178,9 @@ impl GrantdBuilder {
         }
         let config_path = dir.path().join("grantd.yaml");
         let text = format!(
-            "rules_dir: rules\nlisten: 127.0.0.1:0\nworkers: 1\nstore: {{ path: grantd.db }}\nencryption: {{ key: {TEST_KEY} }}\nadmin: {{ listen: 127.0.0.1:0, token: {ADMIN_TOKEN} }}\n{}",
-            self.config
+            "rules_dir: rules\nlisten: 127.0.0.1:0\nworkers: 1\nstore: {{ path: grantd.db, busy_timeout: {busy} }}\nencryption: {{ key: {TEST_KEY} }}\nadmin: {{ listen: 127.0.0.1:0, token: {ADMIN_TOKEN} }}\n{}",
+            self.config,
+            busy = self.busy_timeout,
         );
         std::fs::write(&config_path, text).unwrap();
         let config = grantd::config::Config::load(&config_path).expect("test config loads");
