@@ -12,8 +12,9 @@ nginx and against grantd pass-through measured in the same run: trust them over 
 import argparse, os, re, shutil, signal, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PORTS = {"upstream": 19900, "nginx": 19901, "pass": 19902, "rule": 19903, "slack": 19904, "bare": 19905}
+PORTS = {"upstream": 19900, "nginx": 19901, "pass": 19902, "rule": 19903, "slack": 19904, "bare": 19905, "admin": 19906}
 TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
+BENCH_KEY = "YmVuY2gta2V5LWJlbmNoLWtleS1iZW5jaC1rZXktISE="  # 32 bytes, benchmark only
 
 ONE_RULE = """integration: one
 base_url: http://127.0.0.1:1
@@ -69,10 +70,11 @@ def to_ms(text):
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def wrk(url, seconds, connections, pids):
-    subprocess.run(["wrk", "-t1", f"-c{connections}", "-d2s", url], capture_output=True)  # warm-up
+def wrk(url, seconds, connections, pids, headers=()):
+    extra = [a for h in headers for a in ("-H", h)]
+    subprocess.run(["wrk", "-t1", f"-c{connections}", "-d2s", *extra, url], capture_output=True)  # warm-up
     before = cpu_ticks(pids)
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url],
                          capture_output=True, text=True, check=True).stdout
     cpu_us = (cpu_ticks(pids) - before) * TICK_US
     requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -125,28 +127,39 @@ http {{ access_log off; client_body_temp_path {work}/tmp; proxy_temp_path {work}
         for name in ("pass", "rule", "slack"):
             cfg = f"{work}/{name}.yaml"
             with open(cfg, "w") as f:
-                f.write(f"listen: 127.0.0.1:{PORTS[name]}\nrules_dir: rules\nintegrations:\n"
+                f.write(f"listen: 127.0.0.1:{PORTS[name]}\nrules_dir: rules\nstore: {{ path: {name}.db }}\n"
+                        f"encryption: {{ key: {BENCH_KEY} }}\nintegrations:\n"
                         f"  plain: {{ base_url: 'http://{up}' }}\n  one: {{ base_url: 'http://{up}' }}\n"
                         f"  slack: {{ base_url: 'http://{up}' }}\n")
+                if name == "pass":
+                    f.write(f"admin: {{ listen: 127.0.0.1:{PORTS['admin']}, token: bench }}\n")
             env = dict(os.environ, GRANTD_LOG="warn")
             p = subprocess.Popen([f"{ROOT}/target/release/grantd", "serve", "--config", cfg], env=env, stderr=subprocess.DEVNULL)
             procs.append(p)
             grantd[name] = p
+        wait_http(f"http://127.0.0.1:{PORTS['pass']}/plain/bench/json")
+        put = urllib.request.Request(
+            f"http://127.0.0.1:{PORTS['admin']}/v1/connections/bench_1", method="PUT",
+            headers={"authorization": "Bearer bench"},
+            data=b'{"integration":"plain","credentials":{"access_token":"bench-token","expires_in":86400}}')
+        urllib.request.urlopen(put, timeout=5).read()
         targets = [
             ("direct", f"http://{up}/bench/json", [procs[0].pid]),
             ("nginx", f"http://127.0.0.1:{PORTS['nginx']}/bench/json", [nginx.pid, *children(nginx.pid)]),
             ("bare hyper proxy", f"http://127.0.0.1:{PORTS['bare']}/plain/bench/json", [bare.pid]),
             ("grantd pass-through", f"http://127.0.0.1:{PORTS['pass']}/plain/bench/json", [grantd["pass"].pid]),
+            ("grantd + connection", f"http://127.0.0.1:{PORTS['pass']}/plain/bench/json", [grantd["pass"].pid], ("Grantd-Connection: bench_1",)),
             ("grantd 1 rule", f"http://127.0.0.1:{PORTS['rule']}/one/bench/json", [grantd["rule"].pid]),
             ("grantd slack rules (7)", f"http://127.0.0.1:{PORTS['slack']}/slack/bench/json", [grantd["slack"].pid]),
         ]
-        for _, url, _ in targets:
+        targets = [t if len(t) == 4 else (*t, ()) for t in targets]
+        for _, url, _, _ in targets:
             wait_http(url)
         print(f"wrk -t1 -c{args.connections} -d{args.seconds}s, 1 KiB JSON, {os.cpu_count()} cores shared by load, proxy and upstream\n")
         print(f"{'target':<24} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/req':>11} {'vs nginx':>9} {'vs pass':>8}")
         results = {}
-        for name, url, pids in targets:
-            r = wrk(url, args.seconds, args.connections, pids)
+        for name, url, pids, headers in targets:
+            r = wrk(url, args.seconds, args.connections, pids, headers)
             results[name] = r
             vs_nginx = r["cpu_us"] / results["nginx"]["cpu_us"] if "nginx" in results else float("nan")
             vs_pass = r["cpu_us"] / results["grantd pass-through"]["cpu_us"] if "grantd pass-through" in results else float("nan")
@@ -154,6 +167,7 @@ http {{ access_log off; client_body_temp_path {work}/tmp; proxy_temp_path {work}
             print(f"{name:<24} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['cpu_us']:>11.1f} {vs_nginx:>9.2f} {vs_pass:>8.2f}{bad}")
         print("\nCPU µs/req counts only the serving process(es): the upstream for 'direct', nginx's workers, grantd.")
         print("'bare hyper proxy' is examples/bare_proxy.rs: hyper server + hyper-util client with no grantd logic (the floor).")
+        print("'grantd + connection' names a connection on every request: token looked up in memory and injected.")
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
