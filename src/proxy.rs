@@ -127,6 +127,15 @@ enum Signal {
     Reauth(serde_json::Value),
 }
 
+/// Where a request goes: the worker's client, the integration and the path below its base.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    client: &'a UpstreamClient,
+    name: &'a str,
+    route: &'a Route,
+    rest: &'a str,
+}
+
 /// The request as the app sent it, kept so it can be sent again after a refresh.
 #[derive(Clone)]
 struct Head {
@@ -334,32 +343,28 @@ impl Proxy {
             query: parts.uri.query().map(str::to_string),
             headers: parts.headers,
         };
+        let target = Target {
+            client,
+            name,
+            route,
+            rest,
+        };
         match connection {
-            None => {
-                self.send(client, name, route, rest, head, body.boxed(), None)
-                    .await
-                    .0
-            }
-            Some(id) => {
-                self.forward_for(client, name, route, rest, head, body, &id)
-                    .await
-            }
+            None => self.send(target, head, body.boxed(), None).await.0,
+            Some(id) => self.forward_for(target, head, body, &id).await,
         }
     }
 
     /// A request that names a connection: resolve a usable token, send, and on a `refresh`
     /// signal refresh once and replay once (when the body was small enough to keep).
-    #[allow(clippy::too_many_arguments)]
     async fn forward_for(
         &self,
-        client: &UpstreamClient,
-        name: &str,
-        route: &Route,
-        rest: &str,
+        target: Target<'_>,
         head: Head,
         body: Incoming,
         id: &str,
     ) -> Response<Body> {
+        let name = target.name;
         let Some(connections) = &self.connections else {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -382,15 +387,7 @@ impl Proxy {
             Err(streaming) => (streaming, None),
         };
         let (resp, signal) = self
-            .send(
-                client,
-                name,
-                route,
-                rest,
-                head.clone(),
-                first_body,
-                Some(&grant),
-            )
+            .send(target, head.clone(), first_body, Some(&grant))
             .await;
         match signal {
             Signal::None => resp,
@@ -406,9 +403,7 @@ impl Proxy {
                     // The body was streamed: the next call uses the new token.
                     return resp;
                 };
-                let (resp, signal) = self
-                    .send(client, name, route, rest, head, full(bytes), Some(&fresh))
-                    .await;
+                let (resp, signal) = self.send(target, head, full(bytes), Some(&fresh)).await;
                 if let Signal::Reauth(detail) = signal {
                     connections.pause(&fresh, detail).await;
                 }
@@ -437,17 +432,19 @@ impl Proxy {
     }
 
     /// One exchange with the upstream: build the URI, inject the token, send, run the rules.
-    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
-        client: &UpstreamClient,
-        name: &str,
-        route: &Route,
-        rest: &str,
+        target: Target<'_>,
         head: Head,
         body: Body,
         grant: Option<&Grant>,
     ) -> (Response<Body>, Signal) {
+        let Target {
+            client,
+            name,
+            route,
+            rest,
+        } = target;
         let Head {
             method,
             mut query,
