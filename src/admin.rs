@@ -91,6 +91,21 @@ impl Admin {
             }
             (Method::GET, ["v1", "connections", id]) => self.get(id).await,
             (Method::DELETE, ["v1", "connections", id]) => self.delete(id).await,
+            (Method::GET, ["v1", "events"]) => self.events(req.uri().query()).await,
+            (Method::POST, ["v1", "events", id, "retry"]) => match self
+                .grants
+                .store()
+                .retry_event(id, crate::store::now_ms())
+                .await
+            {
+                Ok(true) => ok(StatusCode::OK, &json!({"id": id, "status": "pending"})),
+                Ok(false) => fail(
+                    StatusCode::NOT_FOUND,
+                    "unknown_event",
+                    &format!("no undelivered event `{id}`"),
+                ),
+                Err(e) => grant_error(e.into()),
+            },
             (Method::POST, ["v1", "connections", id, "refresh"]) => {
                 let outcome = self.refresher.force(id).await;
                 let status = match &outcome {
@@ -219,6 +234,66 @@ impl Admin {
                 )
             }
             Err(e) => grant_error(e),
+        }
+    }
+
+    /// `GET /v1/events?status=pending|delivered|failed&limit=N`: one entry per event and endpoint.
+    async fn events(&self, query: Option<&str>) -> Response<Body> {
+        let mut status = None;
+        let mut limit = 100;
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match (k.as_ref(), v.as_ref()) {
+                ("status", s @ ("pending" | "delivered" | "failed")) => {
+                    status = Some(s.to_string())
+                }
+                ("status", _) => {
+                    return fail(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_query",
+                        "status is pending, delivered or failed",
+                    )
+                }
+                ("limit", n) => match n.parse::<u32>() {
+                    Ok(n) if (1..=1000).contains(&n) => limit = n,
+                    _ => {
+                        return fail(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_query",
+                            "limit is 1 to 1000",
+                        )
+                    }
+                },
+                (other, _) => {
+                    return fail(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_query",
+                        &format!("unknown parameter `{other}`"),
+                    )
+                }
+            }
+        }
+        match self
+            .grants
+            .store()
+            .deliveries(status.as_deref(), limit)
+            .await
+        {
+            Ok(list) => {
+                let events: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|d| {
+                        let mut v = serde_json::to_value(d).unwrap_or_default();
+                        for key in ["next_attempt_at", "delivered_at", "created_at"] {
+                            if let Some(ms) = v.get(key).and_then(|x| x.as_i64()) {
+                                v[key] = json!(crate::grants::rfc3339(ms));
+                            }
+                        }
+                        v
+                    })
+                    .collect();
+                ok(StatusCode::OK, &json!({"events": events}))
+            }
+            Err(e) => grant_error(e.into()),
         }
     }
 

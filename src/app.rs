@@ -53,16 +53,21 @@ impl App {
             .thread_name("grantd-control")
             .enable_all()
             .build()?;
-        let store = control
-            .block_on(SqliteStore::open(
-                &config.store.path,
-                config.store.busy_timeout,
-            ))
-            .with_context(|| format!("store {}", config.store.path.display()))?;
-        let grants = Arc::new(Grants::new(Arc::new(store), keys));
+        let outbox =
+            crate::callbacks::deliver::outbox(&config.callbacks).map_err(anyhow::Error::msg)?;
+        let store: Arc<dyn crate::store::Store> = Arc::new(
+            control
+                .block_on(SqliteStore::open(
+                    &config.store.path,
+                    config.store.busy_timeout,
+                    outbox,
+                ))
+                .with_context(|| format!("store {}", config.store.path.display()))?,
+        );
+        let grants = Arc::new(Grants::new(store.clone(), keys));
         let clients = oauth_clients(config, &rule_sets);
-        let token_client =
-            upstream::client(&config.upstream, upstream::tls_config(&config.upstream)?);
+        let tls = upstream::tls_config(&config.upstream)?;
+        let token_client = upstream::client(&config.upstream, tls.clone());
         let refresher = Arc::new(Refresher::new(
             grants.clone(),
             token_client,
@@ -103,6 +108,11 @@ impl App {
             }
         };
         control.spawn(refresher.clone().run_proactive());
+        let callback_client = upstream::client(&config.upstream, tls);
+        let deliverer =
+            crate::callbacks::deliver::Deliverer::new(store, callback_client, &config.callbacks)
+                .map_err(anyhow::Error::msg)?;
+        control.spawn(Arc::new(deliverer).run());
 
         let listeners = bind_workers(config.listen, config.workers)
             .with_context(|| format!("cannot listen on {}", config.listen))?;

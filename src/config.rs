@@ -50,6 +50,8 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub refresh: RefreshConfig,
+    #[serde(default)]
+    pub callbacks: CallbacksConfig,
     /// Per-integration overrides, keyed by integration name.
     #[serde(default)]
     pub integrations: BTreeMap<String, IntegrationConfig>,
@@ -245,6 +247,80 @@ fn default_refresh_cap() -> usize {
     4
 }
 
+/// Where `authentication_error` & co. are sent, and how long delivery keeps trying.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbacksConfig {
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+    /// First retry delay; doubles per attempt (jittered) up to `retry_max`.
+    #[serde(with = "humantime_serde", default = "d5")]
+    pub retry_base: Duration,
+    #[serde(with = "humantime_serde", default = "d10h")]
+    pub retry_max: Duration,
+    /// After this long an undelivered event is marked failed (Standard Webhooks: about 3 days).
+    #[serde(with = "humantime_serde", default = "d72h")]
+    pub retry_for: Duration,
+    /// How often the delivery worker looks for due deliveries.
+    #[serde(with = "humantime_serde", default = "d200ms")]
+    pub poll_interval: Duration,
+}
+
+impl Default for CallbacksConfig {
+    fn default() -> Self {
+        CallbacksConfig {
+            endpoints: Vec::new(),
+            retry_base: d5(),
+            retry_max: d10h(),
+            retry_for: d72h(),
+            poll_interval: d200ms(),
+        }
+    }
+}
+
+fn d200ms() -> Duration {
+    Duration::from_millis(200)
+}
+fn d10h() -> Duration {
+    Duration::from_secs(10 * 3600)
+}
+fn d72h() -> Duration {
+    Duration::from_secs(72 * 3600)
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Defaults to the URL.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub url: String,
+    /// `whsec_...`; every secret signs (rotation: receivers accept any).
+    pub secrets: Vec<String>,
+    /// Event types to send; all when absent.
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    #[serde(with = "humantime_serde", default = "d10")]
+    pub timeout: Duration,
+}
+
+impl EndpointConfig {
+    pub fn key(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.url.clone())
+    }
+}
+
+impl std::fmt::Debug for EndpointConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("secrets", &format!("{} x whsec_***", self.secrets.len()))
+            .field("events", &self.events)
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -322,6 +398,7 @@ impl Default for Config {
             encryption: None,
             admin: AdminConfig::default(),
             refresh: RefreshConfig::default(),
+            callbacks: CallbacksConfig::default(),
             integrations: BTreeMap::new(),
         }
     }

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod callbacks;
 pub mod cli;
 pub mod config;
 pub mod grants;

@@ -110,6 +110,54 @@ pub struct ListQuery {
     pub limit: u32,
 }
 
+/// Which endpoints receive which event types; the store creates one delivery row per
+/// matching endpoint when it writes an event.
+#[derive(Debug, Clone, Default)]
+pub struct Outbox {
+    /// (endpoint name, event types it wants; `None` = all).
+    pub endpoints: Vec<(String, Option<Vec<String>>)>,
+}
+
+impl Outbox {
+    pub fn endpoints_for<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.endpoints
+            .iter()
+            .filter(move |(_, only)| only.as_ref().is_none_or(|o| o.iter().any(|k| k == kind)))
+            .map(|(name, _)| name.as_str())
+    }
+}
+
+/// One event's delivery to one endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Delivery {
+    #[serde(skip)]
+    pub event_seq: i64,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub connection_id: Option<String>,
+    pub integration: String,
+    #[serde(skip)]
+    pub payload: String,
+    pub endpoint: String,
+    pub status: String,
+    pub attempts: i64,
+    #[serde(skip)]
+    pub window_start: i64,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<i64>,
+    pub created_at: i64,
+}
+
+/// How one delivery attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeliveryResult {
+    Delivered,
+    Retry { at: i64, error: String },
+    Failed { error: String },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
@@ -150,6 +198,24 @@ pub trait Store: Send + Sync + 'static {
     /// (integration, status, count) for every pair present.
     async fn counts(&self) -> Result<Vec<(String, Status, i64)>, StoreError>;
     async fn transitions(&self, id: &str) -> Result<Vec<TransitionRecord>, StoreError>;
+    /// Pending deliveries that are due, at most one per (connection, endpoint): the oldest,
+    /// so each connection's events arrive in order.
+    async fn due_deliveries(&self, now: i64, limit: u32) -> Result<Vec<Delivery>, StoreError>;
+    /// Claims a due delivery until `until` (a CAS on its attempt count), so one sender sends it.
+    async fn claim_delivery(&self, d: &Delivery, now: i64, until: i64) -> Result<bool, StoreError>;
+    async fn finish_delivery(
+        &self,
+        d: &Delivery,
+        result: &DeliveryResult,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    async fn deliveries(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError>;
+    /// Makes every delivery of the event pending again, now, with a fresh retry window.
+    async fn retry_event(&self, id: &str, now: i64) -> Result<bool, StoreError>;
 }
 
 /// Unix milliseconds now.

@@ -11,12 +11,17 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row as _, SqlitePool};
 
-use super::{LastError, ListQuery, Row, Status, Store, StoreError, Transition, TransitionRecord};
+use super::{
+    Delivery, DeliveryResult, LastError, ListQuery, Outbox, Row, Status, Store, StoreError,
+    Transition, TransitionRecord,
+};
+use crate::callbacks::events::{self, Event};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    outbox: Outbox,
 }
 
 fn db(e: impl std::fmt::Display) -> StoreError {
@@ -25,7 +30,11 @@ fn db(e: impl std::fmt::Display) -> StoreError {
 
 impl SqliteStore {
     /// Opens (creating if needed) the file and applies pending migrations.
-    pub async fn open(path: &Path, busy_timeout: Duration) -> Result<SqliteStore, StoreError> {
+    pub async fn open(
+        path: &Path,
+        busy_timeout: Duration,
+        outbox: Outbox,
+    ) -> Result<SqliteStore, StoreError> {
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
             .map_err(db)?
             .create_if_missing(true)
@@ -42,13 +51,36 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Db(format!("migrating {}: {e}", path.display())))?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, outbox })
     }
 }
 
 const COLUMNS: &str = "id, integration, status, key_id, access_token, refresh_token, expires_at, scopes, metadata, \
     version, lease_owner, lease_until, refresh_failures, next_attempt_at, last_error_class, last_error_status, \
     last_error_description, last_error_at, created_at, updated_at";
+
+const DELIVERY_COLUMNS: &str =
+    "d.event_seq, e.id, e.type, e.connection_id, e.integration, e.payload, d.endpoint, d.status, \
+    d.attempts, d.window_start, d.next_attempt_at, d.last_error, d.delivered_at, e.created_at";
+
+fn delivery_from_row(r: &SqliteRow) -> Result<Delivery, StoreError> {
+    Ok(Delivery {
+        event_seq: r.try_get("event_seq").map_err(db)?,
+        id: r.try_get("id").map_err(db)?,
+        kind: r.try_get("type").map_err(db)?,
+        connection_id: r.try_get("connection_id").map_err(db)?,
+        integration: r.try_get("integration").map_err(db)?,
+        payload: r.try_get("payload").map_err(db)?,
+        endpoint: r.try_get("endpoint").map_err(db)?,
+        status: r.try_get("status").map_err(db)?,
+        attempts: r.try_get("attempts").map_err(db)?,
+        window_start: r.try_get("window_start").map_err(db)?,
+        next_attempt_at: r.try_get("next_attempt_at").map_err(db)?,
+        last_error: r.try_get("last_error").map_err(db)?,
+        delivered_at: r.try_get("delivered_at").map_err(db)?,
+        created_at: r.try_get("created_at").map_err(db)?,
+    })
+}
 
 fn from_row(r: &SqliteRow) -> Result<Row, StoreError> {
     let id: String = r.try_get("id").map_err(db)?;
@@ -97,7 +129,125 @@ fn from_row(r: &SqliteRow) -> Result<Row, StoreError> {
     })
 }
 
+/// Writes the transition and the events it causes, in the caller's transaction.
 async fn record(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    outbox: &Outbox,
+    row: &Row,
+    t: &Transition,
+) -> Result<(), StoreError> {
+    let now = row.updated_at;
+    let down_since: Option<i64> = match t.from {
+        Some(from) => sqlx::query_scalar(
+            "SELECT at FROM transitions WHERE connection_id = ? AND to_status = ? ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(&row.id)
+        .bind(from.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db)?,
+        None => None,
+    };
+    let mut out: Vec<Event> = events::for_transition(row, t, now, down_since)
+        .into_iter()
+        .collect();
+    out.extend(config_episode(tx, row, t, now).await?);
+    for event in &out {
+        write_event(tx, outbox, event, now).await?;
+    }
+    record_transition(tx, row, t).await
+}
+
+/// `config_error` once per integration per episode; `config_recovered` when its last
+/// connection leaves `config_error`.
+async fn config_episode(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    row: &Row,
+    t: &Transition,
+    now: i64,
+) -> Result<Option<Event>, StoreError> {
+    let entering = t.to == Status::ConfigError && t.from != Some(Status::ConfigError);
+    let leaving = t.from == Some(Status::ConfigError) && t.to != Status::ConfigError;
+    if entering {
+        let started =
+            sqlx::query("INSERT OR IGNORE INTO config_episodes (integration, since) VALUES (?, ?)")
+                .bind(&row.integration)
+                .bind(now)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?
+                .rows_affected();
+        if started == 1 {
+            let affected: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM connections WHERE integration = ? AND status = 'config_error'")
+                .bind(&row.integration)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(db)?;
+            return Ok(Some(events::config_error(
+                &row.integration,
+                affected,
+                t,
+                now,
+            )));
+        }
+    } else if leaving {
+        let remaining: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM connections WHERE integration = ? AND status = 'config_error'",
+        )
+        .bind(&row.integration)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db)?;
+        if remaining == 0 {
+            let since: Option<i64> = sqlx::query_scalar(
+                "DELETE FROM config_episodes WHERE integration = ? RETURNING since",
+            )
+            .bind(&row.integration)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db)?;
+            if let Some(since) = since {
+                return Ok(Some(events::config_recovered(&row.integration, since, now)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+async fn write_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    outbox: &Outbox,
+    event: &Event,
+    now: i64,
+) -> Result<(), StoreError> {
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO events (id, type, connection_id, integration, payload, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
+    )
+    .bind(&event.id)
+    .bind(event.kind)
+    .bind(&event.connection_id)
+    .bind(&event.integration)
+    .bind(&event.payload)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db)?;
+    for endpoint in outbox.endpoints_for(event.kind) {
+        sqlx::query(
+            "INSERT INTO deliveries (event_seq, endpoint, status, attempts, window_start, next_attempt_at) VALUES (?, ?, 'pending', 0, ?, ?)",
+        )
+        .bind(seq)
+        .bind(endpoint)
+        .bind(now)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    }
+    Ok(())
+}
+
+async fn record_transition(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     row: &Row,
     t: &Transition,
@@ -178,7 +328,7 @@ impl Store for SqliteStore {
         .await
         .map_err(db)?;
         if let Some(t) = &transition {
-            record(&mut tx, &row, t).await?;
+            record(&mut tx, &self.outbox, &row, t).await?;
         }
         tx.commit().await.map_err(db)?;
         row.version = version;
@@ -233,7 +383,7 @@ impl Store for SqliteStore {
             return Ok(false);
         }
         if let Some(t) = &transition {
-            record(&mut tx, row, t).await?;
+            record(&mut tx, &self.outbox, row, t).await?;
         }
         tx.commit().await.map_err(db)?;
         Ok(true)
@@ -316,6 +466,101 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn due_deliveries(&self, now: i64, limit: u32) -> Result<Vec<Delivery>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+             WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND NOT EXISTS ( \
+               SELECT 1 FROM deliveries d2 JOIN events e2 ON e2.seq = d2.event_seq \
+               WHERE d2.endpoint = d.endpoint AND d2.status = 'pending' AND e2.seq < e.seq \
+                 AND e2.integration = e.integration AND e2.connection_id IS e.connection_id) \
+             ORDER BY e.seq LIMIT ?"
+        ))
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(delivery_from_row).collect()
+    }
+
+    async fn claim_delivery(&self, d: &Delivery, now: i64, until: i64) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE deliveries SET next_attempt_at = ? WHERE event_seq = ? AND endpoint = ? AND status = 'pending' \
+             AND attempts = ? AND next_attempt_at <= ?",
+        )
+        .bind(until)
+        .bind(d.event_seq)
+        .bind(&d.endpoint)
+        .bind(d.attempts)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn finish_delivery(
+        &self,
+        d: &Delivery,
+        result: &DeliveryResult,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let (status, next, error, delivered) = match result {
+            DeliveryResult::Delivered => ("delivered", now, None, Some(now)),
+            DeliveryResult::Retry { at, error } => ("pending", *at, Some(error.as_str()), None),
+            DeliveryResult::Failed { error } => ("failed", now, Some(error.as_str()), None),
+        };
+        sqlx::query(
+            "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ?, delivered_at = ? \
+             WHERE event_seq = ? AND endpoint = ? AND attempts = ?",
+        )
+        .bind(status)
+        .bind(next)
+        .bind(error)
+        .bind(delivered)
+        .bind(d.event_seq)
+        .bind(&d.endpoint)
+        .bind(d.attempts)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn deliveries(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+             WHERE (? IS NULL OR d.status = ?) ORDER BY e.seq DESC LIMIT ?"
+        ))
+        .bind(status)
+        .bind(status)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(delivery_from_row).collect()
+    }
+
+    async fn retry_event(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, window_start = ? \
+             WHERE event_seq = (SELECT seq FROM events WHERE id = ?) AND status != 'delivered'",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
     async fn transitions(&self, id: &str) -> Result<Vec<TransitionRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, connection_id, integration, from_status, to_status, cause, detail, at \
@@ -376,9 +621,13 @@ mod tests {
 
     async fn open() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("grantd.db"), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let store = SqliteStore::open(
+            &dir.path().join("grantd.db"),
+            Duration::from_secs(5),
+            Outbox::default(),
+        )
+        .await
+        .unwrap();
         (dir, store)
     }
 

@@ -1,0 +1,10 @@
+//! Callbacks: `authentication_error`, `reactivated`, `config_error` and `config_recovered`
+//! events, signed per the Standard Webhooks spec, delivered from a durable outbox.
+//!
+//! Owns what an event says ([`events`]), signing ([`sign`]) and delivery ([`deliver`]). Events
+//! are created by the store inside the transaction of the transition that causes them; this
+//! module must not create events on its own, and must never put a token or a secret in one.
+
+pub mod deliver;
+pub mod events;
+pub mod sign;
