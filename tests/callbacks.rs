@@ -1,0 +1,341 @@
+//! Callbacks end to end: a receiver on 127.0.0.1 that checks every signature with the official
+//! Standard Webhooks library (not grantd's code), against real transitions.
+
+mod common;
+mod oauth;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use oauth::{Mode, Provider};
+
+const OLD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// The receiver only knows the newer secret: signatures from every configured secret are sent.
+const NEW_SECRET: &str = "whsec_c2Vjb25kLXNlY3JldC1mb3ItdGVzdHM=";
+
+#[derive(Default)]
+pub struct Receiver {
+    /// (webhook-id, body) of every accepted delivery.
+    accepted: Mutex<Vec<(String, serde_json::Value)>>,
+    /// webhook-id of every attempt, accepted or not.
+    attempts: Mutex<Vec<String>>,
+    bad_signatures: AtomicUsize,
+    fail_first: AtomicUsize,
+}
+
+impl Receiver {
+    async fn start(fail_first: usize) -> (Arc<Receiver>, SocketAddr) {
+        let r = Arc::new(Receiver {
+            fail_first: AtomicUsize::new(fail_first),
+            ..Default::default()
+        });
+        let me = r.clone();
+        let addr = upstream(handler(move |req: Request<Incoming>| {
+            let me = me.clone();
+            async move { me.handle(req).await }
+        }))
+        .await;
+        (r, addr)
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        let id = parts
+            .headers
+            .get("webhook-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if standardwebhooks::Webhook::new(NEW_SECRET)
+            .unwrap()
+            .verify(&body, &parts.headers)
+            .is_err()
+        {
+            self.bad_signatures.fetch_add(1, Ordering::SeqCst);
+            return json_response(400, r#"{"error":"bad signature"}"#);
+        }
+        self.attempts.lock().unwrap().push(id.clone());
+        if self.fail_first.load(Ordering::SeqCst) > 0 {
+            self.fail_first.fetch_sub(1, Ordering::SeqCst);
+            return json_response(500, "{}");
+        }
+        self.accepted
+            .lock()
+            .unwrap()
+            .push((id, serde_json::from_slice(&body).unwrap()));
+        json_response(204, "")
+    }
+
+    fn of_type(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, b)| b["type"] == kind)
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
+    /// Waits until `n` events of `kind` arrived, then a little longer to catch duplicates.
+    async fn wait_for(&self, kind: &str, n: usize) -> Vec<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while self.of_type(kind).len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waited 15 s for {n} {kind}: {:?}",
+                self.accepted.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.of_type(kind)
+    }
+}
+
+fn callbacks_config(receiver: SocketAddr) -> String {
+    format!(
+        "callbacks:\n  retry_base: 50ms\n  poll_interval: 20ms\n  endpoints:\n    - name: app\n      url: \"http://{receiver}/hook\"\n      secrets: [{OLD_SECRET}, {NEW_SECRET}]\n"
+    )
+}
+
+fn start(p: &Provider, receiver: SocketAddr, extra: &str) -> Grantd {
+    grantd(&oauth::config(
+        p,
+        &format!("{}{extra}", callbacks_config(receiver)),
+    ))
+    .rule_file("lab.yaml", oauth::RULES)
+    .start()
+}
+
+async fn admin(addr: SocketAddr, method: &str, path: &str, body: Option<serde_json::Value>) -> Got {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(Full::new(
+            body.map(|b| Bytes::from(b.to_string())).unwrap_or_default(),
+        ))
+        .unwrap();
+    send(req).await
+}
+
+async fn put(g: &Grantd, id: &str, refresh: &str) {
+    let body = serde_json::json!({"integration": "lab", "credentials": {"access_token": "at-stale", "refresh_token": refresh, "expires_in": 0}});
+    assert_eq!(
+        admin(g.admin, "PUT", &format!("/v1/connections/{id}"), Some(body))
+            .await
+            .status,
+        200
+    );
+}
+
+async fn call(addr: SocketAddr, id: &str) -> u16 {
+    let req = Request::get(format!("http://{addr}/lab/whoami"))
+        .header("grantd-connection", id)
+        .body(Full::default())
+        .unwrap();
+    send(req).await.status
+}
+
+#[tokio::test]
+async fn one_authentication_error_under_load_one_reactivated_and_nothing_for_503s() {
+    let (recv, raddr) = Receiver::start(0).await;
+    let p = Provider::start().await;
+    let g = start(&p, raddr, "");
+    put(&g, "acct_1", "rt-never-issued").await;
+    let tasks: Vec<_> = (0..200)
+        .map(|_| tokio::spawn(call(g.addr, "acct_1")))
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 401);
+    }
+    let errors = recv.wait_for("authentication_error", 1).await;
+    assert_eq!(
+        errors.len(),
+        1,
+        "exactly one event for one transition: {errors:?}"
+    );
+    let data = &errors[0]["data"];
+    assert_eq!(data["connection_id"], "acct_1");
+    assert_eq!(data["integration"], "lab");
+    assert_eq!(data["previous_status"], "active");
+    assert_eq!(data["cause"], "refresh_failed");
+    assert_eq!(data["error"]["code"], "invalid_grant");
+    assert_eq!(data["error"]["status"], 400);
+    assert!(data["first_failed_at"].as_str().unwrap().ends_with('Z'));
+
+    p.grant("rt-new");
+    put(&g, "acct_1", "rt-new").await;
+    let back = recv.wait_for("reactivated", 1).await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        (
+            back[0]["data"]["via"].as_str(),
+            back[0]["data"]["previous_status"].as_str()
+        ),
+        (Some("credentials_updated"), Some("needs_reauth"))
+    );
+    assert!(back[0]["data"]["down_since"].is_string());
+
+    // Transient trouble is not a transition: no event.
+    p.grant("rt-2");
+    put(&g, "acct_2", "rt-2").await;
+    p.set_mode(Mode::Unavailable);
+    for _ in 0..3 {
+        assert_eq!(call(g.addr, "acct_2").await, 503);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        recv.accepted.lock().unwrap().len(),
+        2,
+        "only the two transitions above"
+    );
+    assert_eq!(recv.bad_signatures.load(Ordering::SeqCst), 0);
+    // No token or secret in any payload.
+    let all = format!("{:?}", recv.accepted.lock().unwrap());
+    for secret in [
+        "rt-never-issued",
+        "rt-new",
+        "at-stale",
+        oauth::CLIENT_SECRET,
+    ] {
+        assert!(!all.contains(secret), "{secret} in a callback");
+    }
+}
+
+#[tokio::test]
+async fn a_receiver_that_fails_five_times_gets_the_event_once_with_one_id() {
+    let (recv, raddr) = Receiver::start(5).await;
+    let p = Provider::start().await;
+    let g = start(&p, raddr, "");
+    put(&g, "acct_1", "rt-never-issued").await;
+    assert_eq!(call(g.addr, "acct_1").await, 401);
+    let got = recv.wait_for("authentication_error", 1).await;
+    assert_eq!(got.len(), 1);
+    let attempts = recv.attempts.lock().unwrap().clone();
+    assert_eq!(attempts.len(), 6, "five failures, then success");
+    assert!(
+        attempts
+            .iter()
+            .all(|id| id == &attempts[0] && id.starts_with("msg_")),
+        "one webhook-id for every attempt: {attempts:?}"
+    );
+    let events = admin(g.admin, "GET", "/v1/events?status=delivered", None)
+        .await
+        .json();
+    assert_eq!(events["events"][0]["attempts"], 6);
+}
+
+#[tokio::test]
+async fn an_event_for_a_receiver_that_is_down_stays_pending_and_visible() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let p = Provider::start().await;
+    let g = start(&p, closed, "");
+    put(&g, "acct_1", "rt-never-issued").await;
+    assert_eq!(call(g.addr, "acct_1").await, 401);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let pending = admin(g.admin, "GET", "/v1/events?status=pending", None)
+        .await
+        .json();
+    let list = pending["events"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{pending}");
+    assert_eq!(list[0]["type"], "authentication_error");
+    assert_eq!(list[0]["connection_id"], "acct_1");
+    assert!(
+        list[0]["attempts"].as_i64().unwrap() >= 2,
+        "retrying: {pending}"
+    );
+    assert!(
+        list[0]["last_error"].as_str().unwrap().contains("connect"),
+        "{pending}"
+    );
+    let id = list[0]["id"].as_str().unwrap();
+    assert_eq!(
+        admin(g.admin, "POST", &format!("/v1/events/{id}/retry"), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        admin(g.admin, "POST", "/v1/events/msg_nope/retry", None)
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn a_config_error_episode_is_one_event_and_recovery_is_one_more() {
+    let (recv, raddr) = Receiver::start(0).await;
+    let p = Provider::start().await;
+    p.set_mode(Mode::InvalidClient);
+    let g = start(&p, raddr, "");
+    for id in ["acct_1", "acct_2"] {
+        p.grant(&format!("rt-{id}"));
+        put(&g, id, &format!("rt-{id}")).await;
+        assert_eq!(call(g.addr, id).await, 503);
+    }
+    let errors = recv.wait_for("config_error", 1).await;
+    assert_eq!(errors.len(), 1, "one per integration per episode");
+    assert_eq!(errors[0]["data"]["integration"], "lab");
+    assert_eq!(
+        errors[0]["data"]["affected_connections"], 1,
+        "counted when the episode began"
+    );
+    assert!(
+        recv.of_type("authentication_error").is_empty(),
+        "a config problem is not the user's"
+    );
+    p.set_mode(Mode::Normal);
+    assert_eq!(
+        admin(g.admin, "POST", "/v1/connections/acct_1/refresh", None)
+            .await
+            .json()["outcome"],
+        "ok"
+    );
+    recv.wait_for("reactivated", 1).await;
+    assert!(
+        recv.of_type("config_recovered").is_empty(),
+        "acct_2 is still failing"
+    );
+    assert_eq!(
+        admin(g.admin, "POST", "/v1/connections/acct_2/refresh", None)
+            .await
+            .json()["outcome"],
+        "ok"
+    );
+    let recovered = recv.wait_for("config_recovered", 1).await;
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recv.of_type("reactivated").len(), 2);
+    let via: Vec<_> = recv
+        .of_type("reactivated")
+        .iter()
+        .map(|e| e["data"]["via"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(via, vec!["refresh_succeeded", "refresh_succeeded"]);
+}
+
+#[test]
+fn bad_callback_config_is_refused_naming_the_endpoint() {
+    for (endpoints, needle) in [
+        ("[{ url: \"http://x/hook\", secrets: [nope] }]", "whsec_"),
+        ("[{ url: \"ftp://x\", secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw] }]", "http"),
+        ("[{ url: \"http://x/hook\", secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw], events: [oops] }]", "oops"),
+    ] {
+        let config = grantd::config::Config::parse(&format!("callbacks: {{ endpoints: {endpoints} }}\n"), &|_| None).unwrap();
+        let e = grantd::callbacks::deliver::outbox(&config.callbacks).unwrap_err();
+        assert!(e.contains("callbacks.endpoints[0]") && e.contains(needle), "{e}");
+        assert!(!e.contains("MfKQ9r8"), "no secret in errors: {e}");
+    }
+}
