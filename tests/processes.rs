@@ -197,3 +197,87 @@ async fn a_killed_lease_holder_is_taken_over_after_the_lease_deadline() {
         "a's own request died with a"
     );
 }
+
+/// A receiver that counts accepted deliveries per webhook-id (signatures are checked by the
+/// callbacks tests; here durability is the point).
+async fn counting_receiver(port: u16) -> Arc<Mutex<Vec<(String, String)>>> {
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let sink = sink.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            let id = req
+                                .headers()
+                                .get("webhook-id")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            sink.lock()
+                                .unwrap()
+                                .push((id, String::from_utf8_lossy(&body).into_owned()));
+                            Ok::<_, std::convert::Infallible>(json_response(200, "{}"))
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+    seen
+}
+
+#[tokio::test]
+async fn an_event_survives_kill_9_between_transition_and_delivery() {
+    let p = Provider::start().await;
+    // The receiver's port, free for now: every delivery attempt before the restart is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let callbacks = format!(
+        "callbacks:\n  retry_base: 100ms\n  retry_max: 300ms\n  poll_interval: 20ms\n  endpoints:\n    - url: \"http://127.0.0.1:{port}/hook\"\n      secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw]\n"
+    );
+    let config = write_config(dir.path(), &p, &callbacks);
+    let mut a = spawn(&config);
+    put_expired(a.admin, "acct_1", "rt-never-issued").await;
+    assert_eq!(
+        call(a.proxy, "acct_1").await.unwrap(),
+        Some(401),
+        "invalid_grant: the transition happened"
+    );
+    a.child.kill().unwrap(); // SIGKILL: the event is only in the store
+    let _ = a.child.wait();
+    let seen = counting_receiver(port).await;
+    let b = spawn(&config);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while seen.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the event was not delivered after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "delivered once: {seen:?}");
+    assert!(seen[0].1.contains("\"authentication_error\""));
+    drop(b);
+}

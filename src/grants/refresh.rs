@@ -212,7 +212,9 @@ impl Refresher {
                 .await
                 .unwrap_or(false)
             {
-                return self.refresh_holding_lease(id, &owner).await;
+                return self
+                    .refresh_holding_lease(id, &owner, seen_version, force)
+                    .await;
             }
             if now > give_up {
                 return transient(
@@ -281,8 +283,15 @@ impl Refresher {
         None
     }
 
-    async fn refresh_holding_lease(&self, id: &str, owner: &str) -> Refreshed {
-        // Re-read under the lease: a refresh may have landed between our read and the lease.
+    async fn refresh_holding_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        seen_version: i64,
+        force: bool,
+    ) -> Refreshed {
+        // Re-read under the lease: another process may have refreshed and released its lease
+        // between our read and our lease. Its token is then used, not refreshed again.
         let row = match self.grants.store().get(id).await {
             Ok(Some(row)) => row,
             Ok(None) => return Refreshed::NotFound,
@@ -291,6 +300,10 @@ impl Refresher {
                 return transient(e.to_string(), None);
             }
         };
+        if let Some(settled) = self.already_settled(&row, seen_version, now_ms(), force) {
+            let _ = self.grants.store().release_lease(id, owner).await;
+            return settled;
+        }
         let grant = match self.grants.open(&row) {
             Ok(g) => g,
             Err(e) => {
