@@ -55,15 +55,7 @@ impl App {
             .build()?;
         let outbox =
             crate::callbacks::deliver::outbox(&config.callbacks).map_err(anyhow::Error::msg)?;
-        let store: Arc<dyn crate::store::Store> = Arc::new(
-            control
-                .block_on(SqliteStore::open(
-                    &config.store.path,
-                    config.store.busy_timeout,
-                    outbox,
-                ))
-                .with_context(|| format!("store {}", config.store.path.display()))?,
-        );
+        let store = control.block_on(open_store(&config.store, outbox))?;
         let grants = Arc::new(Grants::new(store.clone(), keys));
         let clients = oauth_clients(config, &rule_sets);
         let tls = upstream::tls_config(&config.upstream)?;
@@ -175,6 +167,31 @@ impl Drop for App {
         let _ = self.stop.send(true);
         if let Some(control) = self.control.take() {
             control.shutdown_background();
+        }
+    }
+}
+
+/// SQLite by default; PostgreSQL (fleet mode) when `store.url` is given.
+async fn open_store(
+    config: &crate::config::StoreConfig,
+    outbox: crate::store::Outbox,
+) -> anyhow::Result<Arc<dyn crate::store::Store>> {
+    match &config.url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store =
+                crate::store::postgres::PostgresStore::open(url, config.schema.as_deref(), outbox)
+                    .await
+                    .context("store.url")?;
+            Ok(Arc::new(store))
+        }
+        Some(_) => anyhow::bail!(
+            "store.url must be postgres://... (leave it out for the embedded SQLite store)"
+        ),
+        None => {
+            let store = SqliteStore::open(&config.path, config.busy_timeout, outbox)
+                .await
+                .with_context(|| format!("store {}", config.path.display()))?;
+            Ok(Arc::new(store))
         }
     }
 }

@@ -95,6 +95,12 @@ pub struct StoreConfig {
     /// How long a write waits for another process's lock before failing (and being retried).
     #[serde(with = "humantime_serde", default = "d10")]
     pub busy_timeout: Duration,
+    /// `postgres://...`: fleet mode, shared by every replica; `path` is then unused.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// PostgreSQL schema to use (created if missing); default the user's search_path.
+    #[serde(default)]
+    pub schema: Option<String>,
 }
 
 impl Default for StoreConfig {
@@ -102,6 +108,8 @@ impl Default for StoreConfig {
         StoreConfig {
             path: default_store_path(),
             busy_timeout: d10(),
+            url: None,
+            schema: None,
         }
     }
 }

@@ -281,3 +281,130 @@ async fn an_event_survives_kill_9_between_transition_and_delivery() {
     assert!(seen[0].1.contains("\"authentication_error\""));
     drop(b);
 }
+
+/// A fresh PostgreSQL schema for one test, or `None` (skipped loudly) when PostgreSQL is not
+/// reachable outside CI.
+async fn postgres_store_config() -> Option<String> {
+    use sqlx::Connection as _;
+    let url = std::env::var("GRANTD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    match sqlx::PgConnection::connect(&url).await {
+        Ok(c) => drop(c),
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI must run the fleet tests: {e}")
+        }
+        Err(e) => {
+            eprintln!("\n*** SKIPPED fleet test: PostgreSQL unreachable ({e}).\n*** Start it on 127.0.0.1:5432 (trust auth, database test) or set GRANTD_TEST_POSTGRES.\n");
+            return None;
+        }
+    }
+    let schema = format!(
+        "fleet_{}_{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos() % 1_000_000 + rand_suffix()
+    );
+    Some(format!("store: {{ url: \"{url}\", schema: {schema} }}\n"))
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_000
+}
+
+/// `write_config` with the store replaced by PostgreSQL.
+fn write_fleet_config(dir: &Path, p: &Provider, store: &str, extra: &str) -> std::path::PathBuf {
+    let path = write_config(dir, p, extra);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("store: { path: shared.db }\n", store);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn three_replicas_on_postgres_make_one_token_call_for_3000_requests() {
+    let Some(store) = postgres_store_config().await else {
+        return;
+    };
+    let p = Provider::start().await;
+    p.grant("rt-0");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_fleet_config(dir.path(), &p, &store, "");
+    let replicas: Vec<Process> = (0..3).map(|_| spawn(&config)).collect();
+    put_expired(replicas[0].admin, "acct_1", "rt-0").await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for r in &replicas {
+        // One HTTP/2 connection per replica carries its thousand requests.
+        let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http();
+        for _ in 0..1000 {
+            let (h2, addr) = (h2.clone(), r.proxy);
+            tasks.push(tokio::spawn(async move {
+                let req = Request::get(format!("http://{addr}/lab/whoami"))
+                    .header("grantd-connection", "acct_1")
+                    .body(Full::default())
+                    .unwrap();
+                h2.request(req).await.map(|r| r.status().as_u16()).ok()
+            }));
+        }
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Some(200));
+    }
+    eprintln!(
+        "measured: 3000 requests over 3 replicas on PostgreSQL took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(p.calls(), 1, "one token-endpoint call across the fleet");
+    assert_eq!(
+        p.family_revocations
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[tokio::test]
+async fn three_replicas_on_postgres_deliver_one_event_for_one_transition() {
+    let Some(store) = postgres_store_config().await else {
+        return;
+    };
+    let p = Provider::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let seen = counting_receiver(port).await;
+    let callbacks = format!(
+        "callbacks:\n  retry_base: 100ms\n  poll_interval: 20ms\n  endpoints:\n    - url: \"http://127.0.0.1:{port}/hook\"\n      secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw]\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_fleet_config(dir.path(), &p, &store, &callbacks);
+    let replicas: Vec<Process> = (0..3).map(|_| spawn(&config)).collect();
+    put_expired(replicas[0].admin, "acct_1", "rt-never-issued").await;
+    let calls: Vec<_> = (0..30)
+        .map(|i| call(replicas[i % 3].proxy, "acct_1"))
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap(), Some(401));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while seen.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no event delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        1,
+        "three replicas, one transition, one delivery: {seen:?}"
+    );
+    assert_eq!(p.calls(), 1);
+}

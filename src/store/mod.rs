@@ -5,6 +5,9 @@
 //! not see plaintext tokens (`grants` seals them before they get here) and must not decide
 //! policy (what a failure means is the refresher's business).
 
+#[cfg(test)]
+mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use std::fmt;

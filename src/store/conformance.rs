@@ -1,0 +1,300 @@
+//! One test suite for every store implementation: SQLite on a temp file, PostgreSQL in a
+//! fresh schema (`GRANTD_TEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/test`).
+//! Without a reachable PostgreSQL the PostgreSQL half is skipped loudly, except under `CI=true`,
+//! where it fails.
+
+use std::time::Duration;
+
+use super::*;
+
+fn row(id: &str) -> Row {
+    let now = now_ms();
+    Row {
+        id: id.into(),
+        integration: "slack".into(),
+        status: Status::Active,
+        key_id: "k1".into(),
+        access_token: Some(b"sealed-a".to_vec()),
+        refresh_token: Some(b"sealed-r".to_vec()),
+        expires_at: Some(now + 60_000),
+        scopes: "chat:write".into(),
+        metadata: serde_json::json!({"team": "T1"}),
+        version: 0,
+        lease_owner: None,
+        lease_until: None,
+        refresh_failures: 0,
+        next_attempt_at: None,
+        last_error: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+pub async fn put_creates_then_replaces_bumping_the_version(s: &dyn Store) {
+    assert_eq!(s.put(row("a"), None).await.unwrap().version, 1);
+    let mut r = row("a");
+    r.access_token = Some(b"sealed-b".to_vec());
+    assert_eq!(s.put(r, None).await.unwrap().version, 2);
+    let got = s.get("a").await.unwrap().unwrap();
+    assert_eq!(
+        (got.version, got.access_token.as_deref()),
+        (2, Some(&b"sealed-b"[..]))
+    );
+    assert_eq!(got.metadata["team"], "T1");
+}
+
+pub async fn cas_writes_only_on_the_expected_version_and_records_transitions(s: &dyn Store) {
+    let stored = s.put(row("a"), None).await.unwrap();
+    let mut next = stored.clone();
+    next.version = 2;
+    next.status = Status::NeedsReauth;
+    let t = Transition {
+        from: Some(Status::Active),
+        to: Status::NeedsReauth,
+        cause: "refresh_failed".into(),
+        detail: serde_json::json!({"error": "invalid_grant"}),
+    };
+    assert!(s.cas(&next, 1, Some(t.clone())).await.unwrap());
+    assert!(
+        !s.cas(&next, 1, Some(t)).await.unwrap(),
+        "stale version loses"
+    );
+    let log = s.transitions("a").await.unwrap();
+    assert_eq!(log.len(), 1, "the losing CAS recorded nothing");
+    assert_eq!(
+        (log[0].from_status, log[0].to_status),
+        (Some(Status::Active), Status::NeedsReauth)
+    );
+}
+
+pub async fn leases_are_exclusive_until_they_expire(s: &dyn Store) {
+    s.put(row("a"), None).await.unwrap();
+    let now = now_ms();
+    assert!(s.acquire_lease("a", "p1", now, now + 1000).await.unwrap());
+    assert!(!s.acquire_lease("a", "p2", now, now + 1000).await.unwrap());
+    assert!(
+        s.acquire_lease("a", "p1", now, now + 2000).await.unwrap(),
+        "the holder may extend"
+    );
+    assert!(
+        s.acquire_lease("a", "p2", now + 2001, now + 3000)
+            .await
+            .unwrap(),
+        "taken over after expiry"
+    );
+    s.release_lease("a", "p1").await.unwrap();
+    assert_eq!(
+        s.get("a").await.unwrap().unwrap().lease_owner.as_deref(),
+        Some("p2"),
+        "only the owner releases"
+    );
+}
+
+pub async fn due_lists_active_expiring_unleased_rows(s: &dyn Store) {
+    let now = now_ms();
+    for (id, expires) in [("soon", now + 10_000), ("later", now + 3_600_000)] {
+        let mut r = row(id);
+        r.expires_at = Some(expires);
+        s.put(r, None).await.unwrap();
+    }
+    let due = s.due(now, now + 60_000, 10).await.unwrap();
+    assert_eq!(
+        due.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec!["soon"]
+    );
+    s.acquire_lease("soon", "p", now, now + 5000).await.unwrap();
+    assert!(s.due(now, now + 60_000, 10).await.unwrap().is_empty());
+}
+
+pub async fn list_pages_and_filters_and_counts_group(s: &dyn Store) {
+    for id in ["a", "b", "c"] {
+        s.put(row(id), None).await.unwrap();
+    }
+    let mut gh = row("d");
+    gh.integration = "github".into();
+    s.put(gh, None).await.unwrap();
+    let page = s
+        .list(&ListQuery {
+            integration: Some("slack".into()),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec!["a", "b"]
+    );
+    let next = s
+        .list(&ListQuery {
+            integration: Some("slack".into()),
+            after: Some("b".into()),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        next.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec!["c"]
+    );
+    let mut counts = s.counts().await.unwrap();
+    counts.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        counts,
+        vec![
+            ("github".into(), Status::Active, 1),
+            ("slack".into(), Status::Active, 3)
+        ]
+    );
+    assert!(s.delete("a").await.unwrap());
+    assert!(s.get("a").await.unwrap().is_none());
+}
+
+pub async fn outbox_events_are_written_with_their_transition(s: &dyn Store) {
+    let stored = s.put(row("a"), None).await.unwrap();
+    let mut next = stored.clone();
+    next.version = 2;
+    next.status = Status::NeedsReauth;
+    next.updated_at = now_ms();
+    let t = Transition {
+        from: Some(Status::Active),
+        to: Status::NeedsReauth,
+        cause: "refresh_failed".into(),
+        detail: serde_json::json!({"code": "invalid_grant"}),
+    };
+    assert!(s.cas(&next, 1, Some(t)).await.unwrap());
+    let due = s.due_deliveries(now_ms() + 1, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        (due[0].kind.as_str(), due[0].endpoint.as_str()),
+        ("authentication_error", "app")
+    );
+    let now = now_ms() + 1;
+    assert!(s.claim_delivery(&due[0], now, now + 60_000).await.unwrap());
+    assert!(
+        !s.claim_delivery(&due[0], now, now + 60_000).await.unwrap(),
+        "one sender per attempt"
+    );
+    assert!(
+        s.due_deliveries(now, 10).await.unwrap().is_empty(),
+        "claimed deliveries are not due"
+    );
+    s.finish_delivery(&due[0], &DeliveryResult::Delivered, now)
+        .await
+        .unwrap();
+    let delivered = s.deliveries(Some("delivered"), 10).await.unwrap();
+    assert_eq!((delivered.len(), delivered[0].attempts), (1, 1));
+}
+
+pub async fn a_config_error_episode_is_one_event(s: &dyn Store) {
+    for id in ["a", "b"] {
+        let stored = s.put(row(id), None).await.unwrap();
+        let mut next = stored.clone();
+        next.version = 2;
+        next.status = Status::ConfigError;
+        let t = Transition {
+            from: Some(Status::Active),
+            to: Status::ConfigError,
+            cause: "refresh_failed".into(),
+            detail: serde_json::json!({}),
+        };
+        assert!(s.cas(&next, 1, Some(t)).await.unwrap());
+    }
+    let kinds = |d: Vec<Delivery>| d.iter().map(|d| d.kind.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        kinds(s.deliveries(None, 10).await.unwrap()),
+        vec!["config_error"]
+    );
+    for id in ["a", "b"] {
+        let mut back = s.get(id).await.unwrap().unwrap();
+        back.version = 3;
+        back.status = Status::Active;
+        let t = Transition {
+            from: Some(Status::ConfigError),
+            to: Status::Active,
+            cause: "refresh_succeeded".into(),
+            detail: serde_json::json!({}),
+        };
+        assert!(s.cas(&back, 2, Some(t)).await.unwrap());
+    }
+    let mut all = kinds(s.deliveries(None, 10).await.unwrap());
+    all.sort();
+    assert_eq!(
+        all,
+        vec![
+            "config_error",
+            "config_recovered",
+            "reactivated",
+            "reactivated"
+        ]
+    );
+}
+
+fn outbox() -> Outbox {
+    Outbox {
+        endpoints: vec![("app".into(), None)],
+    }
+}
+
+async fn sqlite() -> (tempfile::TempDir, Box<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite::SqliteStore::open(
+        &dir.path().join("grantd.db"),
+        Duration::from_secs(5),
+        outbox(),
+    )
+    .await
+    .unwrap();
+    (dir, Box::new(store))
+}
+
+async fn postgres() -> Option<Box<dyn Store>> {
+    let url = std::env::var("GRANTD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut b = [0u8; 6];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    let schema = format!(
+        "t_{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    );
+    match postgres::PostgresStore::open(&url, Some(&schema), outbox()).await {
+        Ok(s) => Some(Box::new(s)),
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI must run the PostgreSQL store tests: {e}")
+        }
+        Err(e) => {
+            eprintln!("\n*** SKIPPED PostgreSQL store tests: {e}\n*** Start PostgreSQL on 127.0.0.1:5432 (trust auth, database test) or set GRANTD_TEST_POSTGRES.\n");
+            None
+        }
+    }
+}
+
+macro_rules! for_every_store {
+    ($($case:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[tokio::test]
+            async fn $case() {
+                let (_dir, s) = super::sqlite().await;
+                super::$case(&*s).await
+            })*
+        }
+        mod on_postgres {
+            $(#[tokio::test]
+            async fn $case() {
+                let Some(s) = super::postgres().await else { return };
+                super::$case(&*s).await
+            })*
+        }
+    };
+}
+
+for_every_store!(
+    put_creates_then_replaces_bumping_the_version,
+    cas_writes_only_on_the_expected_version_and_records_transitions,
+    leases_are_exclusive_until_they_expire,
+    due_lists_active_expiring_unleased_rows,
+    list_pages_and_filters_and_counts_group,
+    outbox_events_are_written_with_their_transition,
+    a_config_error_episode_is_one_event,
+);

@@ -1,0 +1,620 @@
+//! The fleet store: PostgreSQL, shared by any number of grantd replicas. The same statements as
+//! the SQLite store (placeholders rewritten by [`pg`]); migrations run under sqlx's advisory
+//! lock, so replicas starting together migrate once.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row as _};
+
+use super::{
+    Delivery, DeliveryResult, LastError, ListQuery, Outbox, Row, Status, Store, StoreError,
+    Transition, TransitionRecord,
+};
+use crate::callbacks::events::{self, Event};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// `?` placeholders → `$1, $2, ...` (no statement here has a `?` inside a string literal).
+fn pg(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub struct PostgresStore {
+    pool: PgPool,
+    outbox: Outbox,
+}
+
+fn db(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+impl PostgresStore {
+    /// Connects (`store.url`), creates `schema` if given and uses it, applies migrations.
+    pub async fn open(
+        url: &str,
+        schema: Option<&str>,
+        outbox: Outbox,
+    ) -> Result<PostgresStore, StoreError> {
+        let mut options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Db(format!("store.url: {e}")))?;
+        if let Some(schema) = schema {
+            if !schema
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(StoreError::Db(
+                    "store.schema: letters, digits and _ only".into(),
+                ));
+            }
+            let admin = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.clone())
+                .await
+                .map_err(|e| StoreError::Db(format!("cannot connect to PostgreSQL: {e}")))?;
+            sqlx::query(&pg(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")))
+                .execute(&admin)
+                .await
+                .map_err(db)?;
+            admin.close().await;
+            options = options.options([("search_path", schema)]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Db(format!("cannot connect to PostgreSQL: {e}")))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Db(format!("migrating: {e}")))?;
+        Ok(PostgresStore { pool, outbox })
+    }
+}
+
+const COLUMNS: &str = "id, integration, status, key_id, access_token, refresh_token, expires_at, scopes, metadata, \
+    version, lease_owner, lease_until, refresh_failures, next_attempt_at, last_error_class, last_error_status, \
+    last_error_description, last_error_at, created_at, updated_at";
+
+const DELIVERY_COLUMNS: &str =
+    "d.event_seq, e.id, e.type, e.connection_id, e.integration, e.payload, d.endpoint, d.status, \
+    d.attempts, d.window_start, d.next_attempt_at, d.last_error, d.delivered_at, e.created_at";
+
+fn delivery_from_row(r: &PgRow) -> Result<Delivery, StoreError> {
+    Ok(Delivery {
+        event_seq: r.try_get("event_seq").map_err(db)?,
+        id: r.try_get("id").map_err(db)?,
+        kind: r.try_get("type").map_err(db)?,
+        connection_id: r.try_get("connection_id").map_err(db)?,
+        integration: r.try_get("integration").map_err(db)?,
+        payload: r.try_get("payload").map_err(db)?,
+        endpoint: r.try_get("endpoint").map_err(db)?,
+        status: r.try_get("status").map_err(db)?,
+        attempts: r.try_get("attempts").map_err(db)?,
+        window_start: r.try_get("window_start").map_err(db)?,
+        next_attempt_at: r.try_get("next_attempt_at").map_err(db)?,
+        last_error: r.try_get("last_error").map_err(db)?,
+        delivered_at: r.try_get("delivered_at").map_err(db)?,
+        created_at: r.try_get("created_at").map_err(db)?,
+    })
+}
+
+fn from_row(r: &PgRow) -> Result<Row, StoreError> {
+    let id: String = r.try_get("id").map_err(db)?;
+    let corrupt = |what: &str| StoreError::Corrupt {
+        id: id.clone(),
+        what: what.to_string(),
+    };
+    let status: String = r.try_get("status").map_err(db)?;
+    let metadata: String = r.try_get("metadata").map_err(db)?;
+    let last_error = match r
+        .try_get::<Option<String>, _>("last_error_class")
+        .map_err(db)?
+    {
+        None => None,
+        Some(class) => Some(LastError {
+            class,
+            provider_status: r
+                .try_get::<Option<i64>, _>("last_error_status")
+                .map_err(db)?
+                .map(|s| s as u16),
+            description: r.try_get("last_error_description").map_err(db)?,
+            at: r
+                .try_get::<Option<i64>, _>("last_error_at")
+                .map_err(db)?
+                .unwrap_or(0),
+        }),
+    };
+    Ok(Row {
+        integration: r.try_get("integration").map_err(db)?,
+        status: Status::parse(&status).ok_or_else(|| corrupt("unknown status"))?,
+        key_id: r.try_get("key_id").map_err(db)?,
+        access_token: r.try_get("access_token").map_err(db)?,
+        refresh_token: r.try_get("refresh_token").map_err(db)?,
+        expires_at: r.try_get("expires_at").map_err(db)?,
+        scopes: r.try_get("scopes").map_err(db)?,
+        metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata is not JSON"))?,
+        version: r.try_get("version").map_err(db)?,
+        lease_owner: r.try_get("lease_owner").map_err(db)?,
+        lease_until: r.try_get("lease_until").map_err(db)?,
+        refresh_failures: r.try_get("refresh_failures").map_err(db)?,
+        next_attempt_at: r.try_get("next_attempt_at").map_err(db)?,
+        last_error,
+        created_at: r.try_get("created_at").map_err(db)?,
+        updated_at: r.try_get("updated_at").map_err(db)?,
+        id,
+    })
+}
+
+/// Writes the transition and the events it causes, in the caller's transaction.
+async fn record(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    outbox: &Outbox,
+    row: &Row,
+    t: &Transition,
+) -> Result<(), StoreError> {
+    let now = row.updated_at;
+    let down_since: Option<i64> = match t.from {
+        Some(from) => sqlx::query_scalar(&pg("SELECT at FROM transitions WHERE connection_id = ? AND to_status = ? ORDER BY seq DESC LIMIT 1"),
+        )
+        .bind(&row.id)
+        .bind(from.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db)?,
+        None => None,
+    };
+    let mut out: Vec<Event> = events::for_transition(row, t, now, down_since)
+        .into_iter()
+        .collect();
+    out.extend(config_episode(tx, row, t, now).await?);
+    for event in &out {
+        write_event(tx, outbox, event, now).await?;
+    }
+    record_transition(tx, row, t).await
+}
+
+/// `config_error` once per integration per episode; `config_recovered` when its last
+/// connection leaves `config_error`.
+async fn config_episode(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    row: &Row,
+    t: &Transition,
+    now: i64,
+) -> Result<Option<Event>, StoreError> {
+    let entering = t.to == Status::ConfigError && t.from != Some(Status::ConfigError);
+    let leaving = t.from == Some(Status::ConfigError) && t.to != Status::ConfigError;
+    if entering {
+        let started = sqlx::query(&pg(
+            "INSERT INTO config_episodes (integration, since) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        ))
+        .bind(&row.integration)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if started == 1 {
+            let affected: i64 = sqlx::query_scalar(&pg("SELECT COUNT(*) FROM connections WHERE integration = ? AND status = 'config_error'"))
+                .bind(&row.integration)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(db)?;
+            return Ok(Some(events::config_error(
+                &row.integration,
+                affected,
+                t,
+                now,
+            )));
+        }
+    } else if leaving {
+        // Under READ COMMITTED two replicas leaving at once could each still see the other as
+        // failing; locking the episode row first serializes them.
+        sqlx::query(&pg(
+            "SELECT since FROM config_episodes WHERE integration = ? FOR UPDATE",
+        ))
+        .bind(&row.integration)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db)?;
+        let remaining: i64 = sqlx::query_scalar(&pg(
+            "SELECT COUNT(*) FROM connections WHERE integration = ? AND status = 'config_error'",
+        ))
+        .bind(&row.integration)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db)?;
+        if remaining == 0 {
+            let since: Option<i64> = sqlx::query_scalar(&pg(
+                "DELETE FROM config_episodes WHERE integration = ? RETURNING since",
+            ))
+            .bind(&row.integration)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db)?;
+            if let Some(since) = since {
+                return Ok(Some(events::config_recovered(&row.integration, since, now)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+async fn write_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    outbox: &Outbox,
+    event: &Event,
+    now: i64,
+) -> Result<(), StoreError> {
+    let seq: i64 = sqlx::query_scalar(&pg("INSERT INTO events (id, type, connection_id, integration, payload, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING seq"),
+    )
+    .bind(&event.id)
+    .bind(event.kind)
+    .bind(&event.connection_id)
+    .bind(&event.integration)
+    .bind(&event.payload)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db)?;
+    for endpoint in outbox.endpoints_for(event.kind) {
+        sqlx::query(&pg("INSERT INTO deliveries (event_seq, endpoint, status, attempts, window_start, next_attempt_at) VALUES (?, ?, 'pending', 0, ?, ?)"),
+        )
+        .bind(seq)
+        .bind(endpoint)
+        .bind(now)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    }
+    Ok(())
+}
+
+async fn record_transition(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    row: &Row,
+    t: &Transition,
+) -> Result<(), StoreError> {
+    sqlx::query(&pg("INSERT INTO transitions (connection_id, integration, from_status, to_status, cause, detail, at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)"),
+    )
+    .bind(&row.id)
+    .bind(&row.integration)
+    .bind(t.from.map(Status::as_str))
+    .bind(t.to.as_str())
+    .bind(&t.cause)
+    .bind(t.detail.to_string())
+    .bind(row.updated_at)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn get(&self, id: &str) -> Result<Option<Row>, StoreError> {
+        let r = sqlx::query(&pg(&format!(
+            "SELECT {COLUMNS} FROM connections WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        r.as_ref().map(from_row).transpose()
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<Vec<Row>, StoreError> {
+        let rows = sqlx::query(&pg(&format!("SELECT {COLUMNS} FROM connections WHERE (? IS NULL OR integration = ?) AND (? IS NULL OR status = ?) \
+             AND (? IS NULL OR id > ?) ORDER BY id LIMIT ?")))
+        .bind(&q.integration)
+        .bind(&q.integration)
+        .bind(q.status.map(Status::as_str))
+        .bind(q.status.map(Status::as_str))
+        .bind(&q.after)
+        .bind(&q.after)
+        .bind(q.limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(from_row).collect()
+    }
+
+    async fn put(&self, mut row: Row, transition: Option<Transition>) -> Result<Row, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // The upsert is the transaction's first statement, so it takes the write lock at once.
+        let version: i64 = sqlx::query_scalar(&pg("INSERT INTO connections (id, integration, status, key_id, access_token, refresh_token, expires_at, \
+               scopes, metadata, version, refresh_failures, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 0, ?, ?) \
+             ON CONFLICT(id) DO UPDATE SET integration = excluded.integration, status = excluded.status, \
+               key_id = excluded.key_id, access_token = excluded.access_token, refresh_token = excluded.refresh_token, \
+               expires_at = excluded.expires_at, scopes = excluded.scopes, metadata = excluded.metadata, \
+               version = connections.version + 1, lease_owner = NULL, lease_until = NULL, refresh_failures = 0, \
+               next_attempt_at = NULL, last_error_class = NULL, last_error_status = NULL, \
+               last_error_description = NULL, last_error_at = NULL, updated_at = excluded.updated_at \
+             RETURNING version"),
+        )
+        .bind(&row.id)
+        .bind(&row.integration)
+        .bind(row.status.as_str())
+        .bind(&row.key_id)
+        .bind(&row.access_token)
+        .bind(&row.refresh_token)
+        .bind(row.expires_at)
+        .bind(&row.scopes)
+        .bind(row.metadata.to_string())
+        .bind(row.created_at)
+        .bind(row.updated_at)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        if let Some(t) = &transition {
+            record(&mut tx, &self.outbox, &row, t).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        row.version = version;
+        row.lease_owner = None;
+        row.lease_until = None;
+        row.refresh_failures = 0;
+        row.next_attempt_at = None;
+        row.last_error = None;
+        Ok(row)
+    }
+
+    async fn cas(
+        &self,
+        row: &Row,
+        expected: i64,
+        transition: Option<Transition>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let e = row.last_error.as_ref();
+        let updated = sqlx::query(&pg("UPDATE connections SET status = ?, key_id = ?, access_token = ?, refresh_token = ?, expires_at = ?, \
+               scopes = ?, metadata = ?, version = ?, lease_owner = ?, lease_until = ?, refresh_failures = ?, \
+               next_attempt_at = ?, last_error_class = ?, last_error_status = ?, last_error_description = ?, \
+               last_error_at = ?, updated_at = ? \
+             WHERE id = ? AND version = ?"),
+        )
+        .bind(row.status.as_str())
+        .bind(&row.key_id)
+        .bind(&row.access_token)
+        .bind(&row.refresh_token)
+        .bind(row.expires_at)
+        .bind(&row.scopes)
+        .bind(row.metadata.to_string())
+        .bind(row.version)
+        .bind(&row.lease_owner)
+        .bind(row.lease_until)
+        .bind(row.refresh_failures)
+        .bind(row.next_attempt_at)
+        .bind(e.map(|e| e.class.clone()))
+        .bind(e.and_then(|e| e.provider_status).map(|s| s as i64))
+        .bind(e.and_then(|e| e.description.clone()))
+        .bind(e.map(|e| e.at))
+        .bind(row.updated_at)
+        .bind(&row.id)
+        .bind(expected)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if updated == 0 {
+            tx.rollback().await.map_err(db)?;
+            return Ok(false);
+        }
+        if let Some(t) = &transition {
+            record(&mut tx, &self.outbox, row, t).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+
+    async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        let n = sqlx::query(&pg("DELETE FROM connections WHERE id = ?"))
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(&pg(
+            "UPDATE connections SET lease_owner = ?, lease_until = ? \
+             WHERE id = ? AND (lease_owner IS NULL OR lease_until < ? OR lease_owner = ?)",
+        ))
+        .bind(owner)
+        .bind(until)
+        .bind(id)
+        .bind(now)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn release_lease(&self, id: &str, owner: &str) -> Result<(), StoreError> {
+        sqlx::query(&pg("UPDATE connections SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?"))
+            .bind(id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn due(&self, now: i64, horizon: i64, limit: u32) -> Result<Vec<Row>, StoreError> {
+        let rows = sqlx::query(&pg(&format!("SELECT {COLUMNS} FROM connections WHERE status = 'active' AND refresh_token IS NOT NULL \
+             AND expires_at IS NOT NULL AND expires_at < ? AND (next_attempt_at IS NULL OR next_attempt_at <= ?) \
+             AND (lease_until IS NULL OR lease_until < ?) ORDER BY expires_at LIMIT ?")))
+        .bind(horizon)
+        .bind(now)
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(from_row).collect()
+    }
+
+    async fn counts(&self) -> Result<Vec<(String, Status, i64)>, StoreError> {
+        let rows = sqlx::query(&pg("SELECT integration, status, COUNT(*) AS n FROM connections GROUP BY integration, status"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                let status: String = r.try_get("status").map_err(db)?;
+                Ok((
+                    r.try_get("integration").map_err(db)?,
+                    Status::parse(&status)
+                        .ok_or_else(|| StoreError::Db(format!("unknown status {status}")))?,
+                    r.try_get("n").map_err(db)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn due_deliveries(&self, now: i64, limit: u32) -> Result<Vec<Delivery>, StoreError> {
+        let rows = sqlx::query(&pg(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+             WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND NOT EXISTS ( \
+               SELECT 1 FROM deliveries d2 JOIN events e2 ON e2.seq = d2.event_seq \
+               WHERE d2.endpoint = d.endpoint AND d2.status = 'pending' AND e2.seq < e.seq \
+                 AND e2.integration = e.integration AND e2.connection_id IS NOT DISTINCT FROM e.connection_id) \
+             ORDER BY e.seq LIMIT ?")))
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(delivery_from_row).collect()
+    }
+
+    async fn claim_delivery(&self, d: &Delivery, now: i64, until: i64) -> Result<bool, StoreError> {
+        let n = sqlx::query(&pg("UPDATE deliveries SET next_attempt_at = ? WHERE event_seq = ? AND endpoint = ? AND status = 'pending' \
+             AND attempts = ? AND next_attempt_at <= ?"),
+        )
+        .bind(until)
+        .bind(d.event_seq)
+        .bind(&d.endpoint)
+        .bind(d.attempts)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn finish_delivery(
+        &self,
+        d: &Delivery,
+        result: &DeliveryResult,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let (status, next, error, delivered) = match result {
+            DeliveryResult::Delivered => ("delivered", now, None, Some(now)),
+            DeliveryResult::Retry { at, error } => ("pending", *at, Some(error.as_str()), None),
+            DeliveryResult::Failed { error } => ("failed", now, Some(error.as_str()), None),
+        };
+        sqlx::query(&pg("UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ?, delivered_at = ? \
+             WHERE event_seq = ? AND endpoint = ? AND attempts = ?"),
+        )
+        .bind(status)
+        .bind(next)
+        .bind(error)
+        .bind(delivered)
+        .bind(d.event_seq)
+        .bind(&d.endpoint)
+        .bind(d.attempts)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn deliveries(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let rows = sqlx::query(&pg(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+             WHERE (? IS NULL OR d.status = ?) ORDER BY e.seq DESC LIMIT ?"
+        )))
+        .bind(status)
+        .bind(status)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(delivery_from_row).collect()
+    }
+
+    async fn retry_event(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let n = sqlx::query(&pg(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, window_start = ? \
+             WHERE event_seq = (SELECT seq FROM events WHERE id = ?) AND status != 'delivered'",
+        ))
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn transitions(&self, id: &str) -> Result<Vec<TransitionRecord>, StoreError> {
+        let rows = sqlx::query(&pg(
+            "SELECT seq, connection_id, integration, from_status, to_status, cause, detail, at \
+             FROM transitions WHERE connection_id = ? ORDER BY seq",
+        ))
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                let from: Option<String> = r.try_get("from_status").map_err(db)?;
+                let to: String = r.try_get("to_status").map_err(db)?;
+                let detail: String = r.try_get("detail").map_err(db)?;
+                Ok(TransitionRecord {
+                    seq: r.try_get("seq").map_err(db)?,
+                    connection_id: r.try_get("connection_id").map_err(db)?,
+                    integration: r.try_get("integration").map_err(db)?,
+                    from_status: from.as_deref().and_then(Status::parse),
+                    to_status: Status::parse(&to)
+                        .ok_or_else(|| StoreError::Db(format!("unknown status {to}")))?,
+                    cause: r.try_get("cause").map_err(db)?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                    at: r.try_get("at").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+}
