@@ -146,19 +146,28 @@ impl Refresher {
     /// Refreshes `id` unless a version newer than `seen_version` is already stored. Every
     /// concurrent caller for one id in this process shares a single flight.
     pub async fn refresh(self: &Arc<Self>, id: &str, seen_version: i64) -> Refreshed {
-        self.refresh_with(id, seen_version, false).await
+        self.refresh_with(id, seen_version, false, true).await
     }
 
     /// An operator's refresh: ignores a fresh token and any backoff.
     pub async fn force(self: &Arc<Self>, id: &str) -> Refreshed {
         match self.grants.store().get(id).await {
-            Ok(Some(row)) => self.refresh_with(id, row.version, true).await,
+            Ok(Some(row)) => self.refresh_with(id, row.version, true, true).await,
             Ok(None) => Refreshed::NotFound,
             Err(e) => transient(e.to_string(), None),
         }
     }
 
-    async fn refresh_with(self: &Arc<Self>, id: &str, seen_version: i64, force: bool) -> Refreshed {
+    /// `wait`: whether to wait for a lease held elsewhere (requests do; the proactive loop
+    /// does not: another replica is on it, or the fleet is at its cap, and the next scan
+    /// tries again).
+    async fn refresh_with(
+        self: &Arc<Self>,
+        id: &str,
+        seen_version: i64,
+        force: bool,
+        wait: bool,
+    ) -> Refreshed {
         let cell = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             flights.entry(id.to_string()).or_default().clone()
@@ -170,7 +179,7 @@ impl Refresher {
                 // Run on the control runtime: a dropped caller does not cancel the refresh.
                 let task = me.runtime.spawn({
                     let me = me.clone();
-                    async move { me.run(&owned_id, seen_version, force).await }
+                    async move { me.run(&owned_id, seen_version, force, wait).await }
                 });
                 task.await.unwrap_or_else(|e| Refreshed::Transient {
                     error: format!("refresh task failed: {e}"),
@@ -186,7 +195,13 @@ impl Refresher {
         result
     }
 
-    async fn run(self: Arc<Self>, id: &str, seen_version: i64, force: bool) -> Refreshed {
+    async fn run(
+        self: Arc<Self>,
+        id: &str,
+        seen_version: i64,
+        force: bool,
+        wait: bool,
+    ) -> Refreshed {
         let owner = format!(
             "{}:{}",
             self.process,
@@ -208,13 +223,25 @@ impl Refresher {
             if self
                 .grants
                 .store()
-                .acquire_lease(id, &owner, now, now + self.config.lease.as_millis() as i64)
+                .acquire_lease(
+                    id,
+                    &owner,
+                    now,
+                    now + self.config.lease.as_millis() as i64,
+                    self.config.max_concurrent_per_integration,
+                )
                 .await
                 .unwrap_or(false)
             {
                 return self
                     .refresh_holding_lease(id, &owner, seen_version, force)
                     .await;
+            }
+            if !wait {
+                return transient(
+                    "another refresher holds the lease, or the integration is at its cap".into(),
+                    None,
+                );
             }
             if now > give_up {
                 return transient(
@@ -506,7 +533,7 @@ impl Refresher {
                         if row.expires_at.is_some_and(|e| e - now <= threshold) {
                             let me = self.clone();
                             self.runtime.spawn(async move {
-                                let _ = me.refresh(&row.id, row.version).await;
+                                let _ = me.refresh_with(&row.id, row.version, false, false).await;
                             });
                         }
                     }

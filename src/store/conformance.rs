@@ -70,14 +70,22 @@ pub async fn cas_writes_only_on_the_expected_version_and_records_transitions(s: 
 pub async fn leases_are_exclusive_until_they_expire(s: &dyn Store) {
     s.put(row("a"), None).await.unwrap();
     let now = now_ms();
-    assert!(s.acquire_lease("a", "p1", now, now + 1000).await.unwrap());
-    assert!(!s.acquire_lease("a", "p2", now, now + 1000).await.unwrap());
+    assert!(s
+        .acquire_lease("a", "p1", now, now + 1000, 10)
+        .await
+        .unwrap());
+    assert!(!s
+        .acquire_lease("a", "p2", now, now + 1000, 10)
+        .await
+        .unwrap());
     assert!(
-        s.acquire_lease("a", "p1", now, now + 2000).await.unwrap(),
+        s.acquire_lease("a", "p1", now, now + 2000, 10)
+            .await
+            .unwrap(),
         "the holder may extend"
     );
     assert!(
-        s.acquire_lease("a", "p2", now + 2001, now + 3000)
+        s.acquire_lease("a", "p2", now + 2001, now + 3000, 10)
             .await
             .unwrap(),
         "taken over after expiry"
@@ -102,7 +110,9 @@ pub async fn due_lists_active_expiring_unleased_rows(s: &dyn Store) {
         due.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         vec!["soon"]
     );
-    s.acquire_lease("soon", "p", now, now + 5000).await.unwrap();
+    s.acquire_lease("soon", "p", now, now + 5000, 10)
+        .await
+        .unwrap();
     assert!(s.due(now, now + 60_000, 10).await.unwrap().is_empty());
 }
 
@@ -297,4 +307,43 @@ for_every_store!(
     list_pages_and_filters_and_counts_group,
     outbox_events_are_written_with_their_transition,
     a_config_error_episode_is_one_event,
+    leases_are_capped_per_integration,
 );
+
+pub async fn leases_are_capped_per_integration(s: &dyn Store) {
+    for id in ["a", "b", "c"] {
+        s.put(row(id), None).await.unwrap();
+    }
+    let now = now_ms();
+    assert!(s
+        .acquire_lease("a", "p1", now, now + 1000, 2)
+        .await
+        .unwrap());
+    assert!(s
+        .acquire_lease("b", "p2", now, now + 1000, 2)
+        .await
+        .unwrap());
+    assert!(
+        !s.acquire_lease("c", "p3", now, now + 1000, 2)
+            .await
+            .unwrap(),
+        "a third concurrent lease exceeds the cap"
+    );
+    assert!(
+        s.acquire_lease("a", "p1", now, now + 2000, 2)
+            .await
+            .unwrap(),
+        "the holder may extend at the cap"
+    );
+    s.release_lease("b", "p2").await.unwrap();
+    assert!(s
+        .acquire_lease("c", "p3", now, now + 1000, 2)
+        .await
+        .unwrap());
+    assert!(
+        s.acquire_lease("b", "p4", now + 5000, now + 6000, 2)
+            .await
+            .unwrap(),
+        "expired leases do not count"
+    );
+}

@@ -186,13 +186,16 @@ pub trait Store: Send + Sync + 'static {
         transition: Option<Transition>,
     ) -> Result<bool, StoreError>;
     async fn delete(&self, id: &str) -> Result<bool, StoreError>;
-    /// Takes the refresh lease if it is free, expired, or already `owner`'s.
+    /// Takes the refresh lease if it is free, expired, or already `owner`'s, and fewer than
+    /// `cap` other live leases exist for the connection's integration across every process
+    /// (the fleet-wide limit on concurrent token calls).
     async fn acquire_lease(
         &self,
         id: &str,
         owner: &str,
         now: i64,
         until: i64,
+        cap: usize,
     ) -> Result<bool, StoreError>;
     async fn release_lease(&self, id: &str, owner: &str) -> Result<(), StoreError>;
     /// Active connections expiring before `horizon` that may be attempted now and hold no live

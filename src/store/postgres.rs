@@ -439,20 +439,36 @@ impl Store for PostgresStore {
         owner: &str,
         now: i64,
         until: i64,
+        cap: usize,
     ) -> Result<bool, StoreError> {
+        // Under READ COMMITTED two replicas could both count below the cap; an advisory lock
+        // per integration (held until commit) makes the count and the update one step.
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query(&pg(
+            "SELECT pg_advisory_xact_lock(hashtext('grantd-lease:' || COALESCE((SELECT integration FROM connections WHERE id = ?), '')))",
+        ))
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
         let n = sqlx::query(&pg(
             "UPDATE connections SET lease_owner = ?, lease_until = ? \
-             WHERE id = ? AND (lease_owner IS NULL OR lease_until < ? OR lease_owner = ?)",
+             WHERE id = ? AND (lease_owner IS NULL OR lease_until < ? OR lease_owner = ?) \
+             AND (SELECT COUNT(*) FROM connections c WHERE c.integration = connections.integration \
+                  AND c.lease_owner IS NOT NULL AND c.lease_until >= ? AND c.id != connections.id) < ?",
         ))
         .bind(owner)
         .bind(until)
         .bind(id)
         .bind(now)
         .bind(owner)
-        .execute(&self.pool)
+        .bind(now)
+        .bind(cap as i64)
+        .execute(&mut *tx)
         .await
         .map_err(db)?
         .rows_affected();
+        tx.commit().await.map_err(db)?;
         Ok(n > 0)
     }
 

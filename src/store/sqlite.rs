@@ -405,16 +405,22 @@ impl Store for SqliteStore {
         owner: &str,
         now: i64,
         until: i64,
+        cap: usize,
     ) -> Result<bool, StoreError> {
+        // One statement: SQLite runs writers one at a time, so the count cannot race.
         let n = sqlx::query(
             "UPDATE connections SET lease_owner = ?, lease_until = ? \
-             WHERE id = ? AND (lease_owner IS NULL OR lease_until < ? OR lease_owner = ?)",
+             WHERE id = ? AND (lease_owner IS NULL OR lease_until < ? OR lease_owner = ?) \
+             AND (SELECT COUNT(*) FROM connections c WHERE c.integration = connections.integration \
+                  AND c.lease_owner IS NOT NULL AND c.lease_until >= ? AND c.id != connections.id) < ?",
         )
         .bind(owner)
         .bind(until)
         .bind(id)
         .bind(now)
         .bind(owner)
+        .bind(now)
+        .bind(cap as i64)
         .execute(&self.pool)
         .await
         .map_err(db)?
