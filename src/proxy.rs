@@ -295,7 +295,7 @@ impl Proxy {
         }
         let path = req.uri().path().to_string();
         if let Some(internal) = path.strip_prefix("/_grantd/") {
-            return self.internal(internal);
+            return self.internal(internal).await;
         }
         let (name, rest) = split_route(&path);
         let Some(route) = self.routes.get(name) else {
@@ -690,9 +690,29 @@ impl Proxy {
         }
     }
 
-    fn internal(&self, path: &str) -> Response<Body> {
+    async fn internal(&self, path: &str) -> Response<Body> {
         match path {
             "healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            // Ready only while the store answers: requests with cached tokens still flow
+            // without it, but refreshes and status changes would not.
+            "readyz" => match &self.connections {
+                None => json_response(StatusCode::OK, &json!({"status": "ready"})),
+                Some(c) => {
+                    match tokio::time::timeout(Duration::from_secs(2), c.grants.store().ping())
+                        .await
+                    {
+                        Ok(Ok(())) => json_response(StatusCode::OK, &json!({"status": "ready"})),
+                        Ok(Err(e)) => json_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &json!({"status": "not_ready", "reason": e.to_string()}),
+                        ),
+                        Err(_) => json_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &json!({"status": "not_ready", "reason": "the store did not answer within 2 s"}),
+                        ),
+                    }
+                }
+            },
             "metrics" => {
                 let mut resp = Response::new(full(self.metrics.render()));
                 resp.headers_mut().insert(

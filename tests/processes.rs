@@ -411,7 +411,9 @@ async fn three_replicas_on_postgres_deliver_one_event_for_one_transition() {
 
 #[tokio::test]
 async fn three_replicas_refresh_a_hundred_due_connections_once_each_within_the_cap() {
-    let Some(store) = postgres_store_config().await else { return };
+    let Some(store) = postgres_store_config().await else {
+        return;
+    };
     let p = Provider::start().await;
     p.set_mode(Mode::Slow); // 200 ms per token call, so concurrency is visible
     let dir = tempfile::tempdir().unwrap();
@@ -422,22 +424,40 @@ async fn three_replicas_refresh_a_hundred_due_connections_once_each_within_the_c
         let refresh = format!("rt-due-{i}");
         p.grant(&refresh);
         let body = serde_json::json!({"integration": "lab", "credentials": {"access_token": "at-old", "refresh_token": refresh, "expires_in": 2}});
-        let req = Request::put(format!("http://{}/v1/connections/due_{i}", replicas[i % 3].admin))
-            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap();
+        let req = Request::put(format!(
+            "http://{}/v1/connections/due_{i}",
+            replicas[i % 3].admin
+        ))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
         assert_eq!(send(req).await.status, 200);
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while p.calls() < 100 {
-        assert!(Instant::now() < deadline, "only {} of 100 refreshed", p.calls());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 100 refreshed",
+            p.calls()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(p.calls(), 100, "each connection refreshed exactly once across three replicas");
+    assert_eq!(
+        p.calls(),
+        100,
+        "each connection refreshed exactly once across three replicas"
+    );
     let max = p.max_in_flight.load(std::sync::atomic::Ordering::SeqCst);
     eprintln!("measured: 100 due connections, 3 replicas: max {max} token calls in flight (cap 4)");
-    assert!(max <= 4, "fleet-wide concurrency {max} exceeded the cap of 4");
-    assert_eq!(p.family_revocations.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(
+        max <= 4,
+        "fleet-wide concurrency {max} exceeded the cap of 4"
+    );
+    assert_eq!(
+        p.family_revocations
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
     drop(replicas);
 }

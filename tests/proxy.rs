@@ -614,6 +614,10 @@ async fn metrics_count_verdicts_and_health_answers() {
         "{text}"
     );
     assert_eq!(get(g.addr, "/_grantd/healthz").await.json()["status"], "ok");
+    assert_eq!(
+        get(g.addr, "/_grantd/readyz").await.json()["status"],
+        "ready"
+    );
 }
 
 #[tokio::test]

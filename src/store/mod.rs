@@ -172,6 +172,8 @@ pub enum StoreError {
 /// The store trait. Implementations must make `cas` and `put` atomic with their transition.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
     async fn get(&self, id: &str) -> Result<Option<Row>, StoreError>;
     async fn list(&self, query: &ListQuery) -> Result<Vec<Row>, StoreError>;
     /// Creates the row or replaces it unconditionally (the app imported new credentials):

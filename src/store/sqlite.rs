@@ -271,6 +271,14 @@ async fn record_transition(
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
     async fn get(&self, id: &str) -> Result<Option<Row>, StoreError> {
         let r = sqlx::query(&format!("SELECT {COLUMNS} FROM connections WHERE id = ?"))
             .bind(id)

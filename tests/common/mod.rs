@@ -134,6 +134,7 @@ pub struct GrantdBuilder {
     config: String,
     rule_files: Vec<(String, String)>,
     busy_timeout: &'static str,
+    store: Option<String>,
 }
 
 /// `config` is grantd.yaml text without `rules_dir` (the builder writes the rules to a temp dir).
@@ -142,6 +143,7 @@ pub fn grantd(config: &str) -> GrantdBuilder {
         config: config.to_string(),
         rule_files: Vec::new(),
         busy_timeout: "10s",
+        store: None,
     }
 }
 
@@ -154,6 +156,12 @@ impl GrantdBuilder {
     /// How long store writes wait for a lock (short, to exercise write retries).
     pub fn busy_timeout(mut self, t: &'static str) -> Self {
         self.busy_timeout = t;
+        self
+    }
+
+    /// Replaces the embedded store line (e.g. `store: { url: postgres://..., schema: x }`).
+    pub fn store(mut self, line: &str) -> Self {
+        self.store = Some(line.trim_end().to_string());
         self
     }
 
@@ -178,9 +186,9 @@ impl GrantdBuilder {
         }
         let config_path = dir.path().join("grantd.yaml");
         let text = format!(
-            "rules_dir: rules\nlisten: 127.0.0.1:0\nworkers: 1\nstore: {{ path: grantd.db, busy_timeout: {busy} }}\nencryption: {{ key: {TEST_KEY} }}\nadmin: {{ listen: 127.0.0.1:0, token: {ADMIN_TOKEN} }}\n{}",
+            "rules_dir: rules\nlisten: 127.0.0.1:0\nworkers: 1\n{store}\nencryption: {{ key: {TEST_KEY} }}\nadmin: {{ listen: 127.0.0.1:0, token: {ADMIN_TOKEN} }}\n{}",
             self.config,
-            busy = self.busy_timeout,
+            store = self.store.clone().unwrap_or_else(|| format!("store: {{ path: grantd.db, busy_timeout: {} }}", self.busy_timeout)),
         );
         std::fs::write(&config_path, text).unwrap();
         let config = grantd::config::Config::load(&config_path).expect("test config loads");
