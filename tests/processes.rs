@@ -151,6 +151,18 @@ async fn two_processes_on_one_file_make_one_token_call_and_log_no_secrets() {
 
 #[tokio::test]
 async fn a_killed_lease_holder_is_taken_over_after_the_lease_deadline() {
+    killed_lease_holder_is_taken_over(None).await
+}
+
+#[tokio::test]
+async fn a_killed_lease_holder_is_taken_over_on_postgres_too() {
+    let Some(store) = postgres_store_config().await else {
+        return;
+    };
+    killed_lease_holder_is_taken_over(Some(&store)).await
+}
+
+async fn killed_lease_holder_is_taken_over(store: Option<&str>) {
     let p = Provider::start().await;
     p.grant("rt-0");
     p.set_mode(Mode::HangFirst);
