@@ -167,10 +167,16 @@ async fn killed_lease_holder_is_taken_over(store: Option<&str>) {
     p.grant("rt-0");
     p.set_mode(Mode::HangFirst);
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &p,
-        "refresh: { lease: 2s, token_timeout: 1500ms, lease_poll: 50ms }\n",
+    let extra = "refresh: { lease: 2s, token_timeout: 1500ms, lease_poll: 50ms }\n";
+    let config = match store {
+        Some(store) => write_fleet_config(dir.path(), &p, store, extra),
+        None => write_config(dir.path(), &p, extra),
+    };
+    assert_eq!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("postgres://"),
+        store.is_some()
     );
     let mut a = spawn(&config);
     let b = spawn(&config);
