@@ -428,20 +428,22 @@ async fn three_replicas_on_postgres_deliver_one_event_for_one_transition() {
 }
 
 #[tokio::test]
-async fn three_replicas_refresh_a_hundred_due_connections_once_each_within_the_cap() {
+async fn three_replicas_refresh_a_thousand_due_connections_once_each_within_the_cap() {
     let Some(store) = postgres_store_config().await else {
         return;
     };
     let p = Provider::start().await;
-    p.set_mode(Mode::Slow); // 200 ms per token call, so concurrency is visible
+    p.set_mode(Mode::Slow); // 20 ms per token call, so concurrency is visible
+    p.set_slow(Duration::from_millis(20));
     let dir = tempfile::tempdir().unwrap();
-    let extra = "refresh: { window_min: 2s, window_max: 3s, scan_interval: 100ms, max_concurrent_per_integration: 4, default_lifetime: 1h }\n";
+    let extra = "refresh: { window_min: 50s, window_max: 60s, scan_interval: 100ms, max_concurrent_per_integration: 4, default_lifetime: 1h }\n";
     let config = write_fleet_config(dir.path(), &p, &store, extra);
     let replicas: Vec<Process> = (0..3).map(|_| spawn(&config)).collect();
-    for i in 0..100 {
+    // All expiring within the same minute, all already inside the refresh window.
+    for i in 0..1000 {
         let refresh = format!("rt-due-{i}");
         p.grant(&refresh);
-        let body = serde_json::json!({"integration": "lab", "credentials": {"access_token": "at-old", "refresh_token": refresh, "expires_in": 2}});
+        let body = serde_json::json!({"integration": "lab", "credentials": {"access_token": "at-old", "refresh_token": refresh, "expires_in": 20 + i % 40}});
         let req = Request::put(format!(
             "http://{}/v1/connections/due_{i}",
             replicas[i % 3].admin
@@ -451,23 +453,25 @@ async fn three_replicas_refresh_a_hundred_due_connections_once_each_within_the_c
         .unwrap();
         assert_eq!(send(req).await.status, 200);
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while p.calls() < 100 {
+    let started = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while p.calls() < 1000 {
         assert!(
             Instant::now() < deadline,
-            "only {} of 100 refreshed",
+            "only {} of 1000 refreshed",
             p.calls()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let took = started.elapsed();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
         p.calls(),
-        100,
+        1000,
         "each connection refreshed exactly once across three replicas"
     );
     let max = p.max_in_flight.load(std::sync::atomic::Ordering::SeqCst);
-    eprintln!("measured: 100 due connections, 3 replicas: max {max} token calls in flight (cap 4)");
+    eprintln!("measured: 1000 due connections, 3 replicas: all refreshed in {took:?}, max {max} token calls in flight (cap 4)");
     assert!(
         max <= 4,
         "fleet-wide concurrency {max} exceeded the cap of 4"

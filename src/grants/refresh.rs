@@ -92,6 +92,9 @@ pub struct Refresher {
     flight_seq: AtomicU64,
     flights: Mutex<HashMap<String, Arc<OnceCell<Refreshed>>>>,
     caps: HashMap<String, Arc<Semaphore>>,
+    /// Per integration, the proactive loop's own budget (kept apart from `caps`, which the
+    /// refresh itself takes).
+    proactive: HashMap<String, Arc<Semaphore>>,
     token_calls: AtomicU64,
 }
 
@@ -104,15 +107,18 @@ impl Refresher {
         config: RefreshConfig,
         runtime: tokio::runtime::Handle,
     ) -> Refresher {
-        let caps = clients
-            .keys()
-            .map(|k| {
-                (
-                    k.clone(),
-                    Arc::new(Semaphore::new(config.max_concurrent_per_integration)),
-                )
-            })
-            .collect();
+        let semaphores = || -> HashMap<String, Arc<Semaphore>> {
+            clients
+                .keys()
+                .map(|k| {
+                    (
+                        k.clone(),
+                        Arc::new(Semaphore::new(config.max_concurrent_per_integration)),
+                    )
+                })
+                .collect()
+        };
+        let (caps, proactive) = (semaphores(), semaphores());
         let mut rnd = [0u8; 6];
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut rnd);
         let process = format!(
@@ -130,6 +136,7 @@ impl Refresher {
             flight_seq: AtomicU64::new(0),
             flights: Mutex::new(HashMap::new()),
             caps,
+            proactive,
             token_calls: AtomicU64::new(0),
         }
     }
@@ -530,12 +537,22 @@ impl Refresher {
                             (self.config.window_max - self.config.window_min).as_millis() as i64;
                         let threshold =
                             self.config.window_min.as_millis() as i64 + jitter(span + 1);
-                        if row.expires_at.is_some_and(|e| e - now <= threshold) {
-                            let me = self.clone();
-                            self.runtime.spawn(async move {
-                                let _ = me.refresh_with(&row.id, row.version, false, false).await;
-                            });
+                        if row.expires_at.is_none_or(|e| e - now > threshold) {
+                            continue;
                         }
+                        // At most `cap` proactive attempts per integration in flight here: when
+                        // the fleet is at its cap, a scan must not try a lease for every due row.
+                        let Some(budget) = self.proactive.get(&row.integration) else {
+                            continue;
+                        };
+                        let Ok(permit) = budget.clone().try_acquire_owned() else {
+                            continue;
+                        };
+                        let me = self.clone();
+                        self.runtime.spawn(async move {
+                            let _ = me.refresh_with(&row.id, row.version, false, false).await;
+                            drop(permit);
+                        });
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "proactive refresh scan failed"),

@@ -60,6 +60,7 @@ pub struct Provider {
     pub family_revocations: AtomicUsize,
     mode: Mutex<Mode>,
     lifetime: Mutex<Duration>,
+    slow: Mutex<Duration>,
 }
 
 impl Provider {
@@ -84,6 +85,7 @@ impl Provider {
             family_revocations: AtomicUsize::new(0),
             mode: Mutex::new(Mode::Normal),
             lifetime: Mutex::new(Duration::from_secs(3600)),
+            slow: Mutex::new(Duration::from_millis(200)),
         });
         *cell.lock().unwrap() = Some(provider.clone());
         provider
@@ -91,6 +93,11 @@ impl Provider {
 
     pub fn set_mode(&self, mode: Mode) {
         *self.mode.lock().unwrap() = mode;
+    }
+
+    /// How long each token call takes in `Mode::Slow` (default 200 ms).
+    pub fn set_slow(&self, d: Duration) {
+        *self.slow.lock().unwrap() = d;
     }
 
     pub fn set_lifetime(&self, lifetime: Duration) {
@@ -191,7 +198,8 @@ impl Provider {
         if mode == Mode::Slow {
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_in_flight.fetch_max(now, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            let slow = *self.slow.lock().unwrap();
+            tokio::time::sleep(slow).await;
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
         match mode {
