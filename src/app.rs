@@ -56,7 +56,7 @@ impl App {
         let outbox =
             crate::callbacks::deliver::outbox(&config.callbacks).map_err(anyhow::Error::msg)?;
         let store = control.block_on(open_store(&config.store, outbox))?;
-        let grants = Arc::new(Grants::new(store.clone(), keys));
+        let grants = Arc::new(Grants::new(store.clone(), keys, config.store.cache_ttl));
         let clients = oauth_clients(config, &rule_sets);
         let tls = upstream::tls_config(&config.upstream)?;
         let token_client = upstream::client(&config.upstream, tls.clone());

@@ -101,6 +101,10 @@ pub struct StoreConfig {
     /// PostgreSQL schema to use (created if missing); default the user's search_path.
     #[serde(default)]
     pub schema: Option<String>,
+    /// How long a process trusts its in-memory copy of a connection before reading it again:
+    /// the longest another replica's change (delete, pause, new credentials) goes unseen here.
+    #[serde(with = "humantime_serde", default = "d2")]
+    pub cache_ttl: Duration,
 }
 
 impl Default for StoreConfig {
@@ -110,6 +114,7 @@ impl Default for StoreConfig {
             busy_timeout: d10(),
             url: None,
             schema: None,
+            cache_ttl: d2(),
         }
     }
 }
@@ -229,6 +234,9 @@ fn d100ms() -> Duration {
 }
 fn d1() -> Duration {
     Duration::from_secs(1)
+}
+fn d2() -> Duration {
+    Duration::from_secs(2)
 }
 fn d5() -> Duration {
     Duration::from_secs(5)

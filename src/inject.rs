@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -82,7 +83,16 @@ impl Connections {
     pub async fn resolve(&self, id: &str, integration: &str) -> Result<Arc<Grant>, Refusal> {
         let grant = match self.grants.cached(id) {
             Some(g) => g,
-            None => self.grants.load(id).await.map_err(refusal)?,
+            // A healthy store answers in milliseconds; the request path does not wait longer
+            // than this to find out it is down.
+            None => {
+                match tokio::time::timeout(Duration::from_millis(500), self.grants.load(id)).await {
+                    Ok(Ok(g)) => g,
+                    Ok(Err(GrantError::Store(e))) => self.stale(id, e.to_string())?,
+                    Err(_) => self.stale(id, "the store did not answer within 500 ms".into())?,
+                    Ok(Err(e)) => return Err(refusal(e)),
+                }
+            }
         };
         if grant.integration != integration {
             return Err(Refusal::WrongIntegration {
@@ -113,6 +123,14 @@ impl Connections {
                 Err(Refusal::Unavailable { error, retry_at })
             }
         }
+    }
+
+    /// The store is unreachable: keep serving what this process last knew.
+    fn stale(&self, id: &str, error: String) -> Result<Arc<Grant>, Refusal> {
+        self.grants.cached_stale(id).ok_or(Refusal::Unavailable {
+            error,
+            retry_at: None,
+        })
     }
 
     /// After a `refresh` verdict (or an `invalid_token` 401): one single-flight refresh past

@@ -483,3 +483,37 @@ async fn three_replicas_refresh_a_thousand_due_connections_once_each_within_the_
     );
     drop(replicas);
 }
+
+/// A process's cached copy of a connection expires: a delete made through another process is
+/// seen within `store.cache_ttl`.
+#[tokio::test]
+async fn a_change_made_through_another_process_is_seen_within_the_cache_ttl() {
+    let p = Provider::start().await;
+    p.grant("rt-0");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &p, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "store: { path: shared.db }",
+        "store: { path: shared.db, cache_ttl: 300ms }",
+    );
+    std::fs::write(&config, text).unwrap();
+    let a = spawn(&config);
+    let b = spawn(&config);
+    put_expired(a.admin, "acct_1", "rt-0").await;
+    assert_eq!(
+        call(a.proxy, "acct_1").await.unwrap(),
+        Some(200),
+        "refreshed and cached in a"
+    );
+    let delete = Request::delete(format!("http://{}/v1/connections/acct_1", b.admin))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(delete).await.status, 204, "deleted through b");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        call(a.proxy, "acct_1").await.unwrap(),
+        Some(404),
+        "a no longer uses its cached copy"
+    );
+}

@@ -48,6 +48,8 @@ pub struct Grant {
     pub expires_at: Option<i64>,
     pub scopes: String,
     pub metadata: serde_json::Value,
+    /// Identifies the row's incarnation (a deleted and re-created connection differs).
+    pub created_at: i64,
 }
 
 impl Grant {
@@ -114,7 +116,10 @@ pub enum GrantError {
 pub struct Grants {
     store: Arc<dyn Store>,
     keys: Keyring,
-    cache: Mutex<HashMap<String, Arc<Grant>>>,
+    /// Grants as last read, with when: the proxy's fast path. Entries older than `cache_ttl`
+    /// are read again, so a change made by another process is seen within that time.
+    cache: Mutex<HashMap<String, (Arc<Grant>, std::time::Instant)>>,
+    cache_ttl: std::time::Duration,
 }
 
 fn aad(id: &str, field: &str) -> String {
@@ -122,11 +127,12 @@ fn aad(id: &str, field: &str) -> String {
 }
 
 impl Grants {
-    pub fn new(store: Arc<dyn Store>, keys: Keyring) -> Grants {
+    pub fn new(store: Arc<dyn Store>, keys: Keyring, cache_ttl: std::time::Duration) -> Grants {
         Grants {
             store,
             keys,
             cache: Mutex::new(HashMap::new()),
+            cache_ttl,
         }
     }
 
@@ -134,23 +140,36 @@ impl Grants {
         &self.store
     }
 
-    /// The cached grant, if any; the proxy's fast path (no I/O).
+    /// The cached grant however old, trusted for another `cache_ttl`: used when the store
+    /// cannot be reached, so requests with valid tokens keep flowing through an outage and
+    /// only one request per TTL pays for finding the store down.
+    pub fn cached_stale(&self, id: &str) -> Option<Arc<Grant>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let (grant, at) = cache.get_mut(id)?;
+        *at = std::time::Instant::now();
+        Some(grant.clone())
+    }
+
+    /// The cached grant if it was read within `cache_ttl`; the proxy's fast path (no I/O).
     pub fn cached(&self, id: &str) -> Option<Arc<Grant>> {
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let (grant, at) = cache.get(id)?;
+        (at.elapsed() < self.cache_ttl).then(|| grant.clone())
     }
 
     fn remember(&self, grant: Grant) -> Arc<Grant> {
         let grant = Arc::new(grant);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        // Never replace a newer version with an older one (two readers racing).
+        // Never replace a newer version of the same row with an older one (two readers
+        // racing); a row deleted and created again starts over, so it always replaces.
         match cache.get(&grant.id) {
-            Some(have) if have.version > grant.version => have.clone(),
+            Some((have, _))
+                if have.created_at == grant.created_at && have.version > grant.version =>
+            {
+                have.clone()
+            }
             _ => {
-                cache.insert(grant.id.clone(), grant.clone());
+                cache.insert(grant.id.clone(), (grant.clone(), std::time::Instant::now()));
                 grant
             }
         }
@@ -206,6 +225,7 @@ impl Grants {
             expires_at: row.expires_at,
             scopes: row.scopes.clone(),
             metadata: row.metadata.clone(),
+            created_at: row.created_at,
         })
     }
 
@@ -515,6 +535,7 @@ mod tests {
             expires_at: None,
             scopes: String::new(),
             metadata: serde_json::json!({}),
+            created_at: 0,
         };
         assert!(!format!("{g:?}").contains("very-secret"));
     }
