@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -113,18 +112,6 @@ fn start(p: &Provider, receiver: SocketAddr, extra: &str) -> Grantd {
     ))
     .rule_file("lab.yaml", oauth::RULES)
     .start()
-}
-
-async fn admin(addr: SocketAddr, method: &str, path: &str, body: Option<serde_json::Value>) -> Got {
-    let req = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"))
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .body(Full::new(
-            body.map(|b| Bytes::from(b.to_string())).unwrap_or_default(),
-        ))
-        .unwrap();
-    send(req).await
 }
 
 async fn put(g: &Grantd, id: &str, refresh: &str) {

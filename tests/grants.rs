@@ -4,7 +4,6 @@
 mod common;
 mod oauth;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,19 +18,6 @@ fn start(p: &Provider, extra: &str) -> Grantd {
     grantd(&oauth::config(p, extra))
         .rule_file("lab.yaml", oauth::RULES)
         .start()
-}
-
-async fn admin(addr: SocketAddr, method: &str, path: &str, body: Option<serde_json::Value>) -> Got {
-    let req = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"))
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .header("content-type", "application/json")
-        .body(Full::new(
-            body.map(|b| Bytes::from(b.to_string())).unwrap_or_default(),
-        ))
-        .unwrap();
-    send(req).await
 }
 
 /// Imports a connection whose access token is already expired.
