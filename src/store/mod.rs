@@ -8,6 +8,7 @@
 #[cfg(test)]
 mod conformance;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 use std::fmt;

@@ -11,6 +11,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row as _, SqlitePool};
 
+use super::rows::{db, COLUMNS, DELIVERY_COLUMNS};
 use super::{
     Delivery, DeliveryResult, LastError, ListQuery, Outbox, Row, Status, Store, StoreError,
     Transition, TransitionRecord,
@@ -22,10 +23,6 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     pool: SqlitePool,
     outbox: Outbox,
-}
-
-fn db(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Db(e.to_string())
 }
 
 impl SqliteStore {
@@ -55,79 +52,7 @@ impl SqliteStore {
     }
 }
 
-const COLUMNS: &str = "id, integration, status, key_id, access_token, refresh_token, expires_at, scopes, metadata, \
-    version, lease_owner, lease_until, refresh_failures, next_attempt_at, last_error_class, last_error_status, \
-    last_error_description, last_error_at, created_at, updated_at";
-
-const DELIVERY_COLUMNS: &str =
-    "d.event_seq, e.id, e.type, e.connection_id, e.integration, e.payload, d.endpoint, d.status, \
-    d.attempts, d.window_start, d.next_attempt_at, d.last_error, d.delivered_at, e.created_at";
-
-fn delivery_from_row(r: &SqliteRow) -> Result<Delivery, StoreError> {
-    Ok(Delivery {
-        event_seq: r.try_get("event_seq").map_err(db)?,
-        id: r.try_get("id").map_err(db)?,
-        kind: r.try_get("type").map_err(db)?,
-        connection_id: r.try_get("connection_id").map_err(db)?,
-        integration: r.try_get("integration").map_err(db)?,
-        payload: r.try_get("payload").map_err(db)?,
-        endpoint: r.try_get("endpoint").map_err(db)?,
-        status: r.try_get("status").map_err(db)?,
-        attempts: r.try_get("attempts").map_err(db)?,
-        window_start: r.try_get("window_start").map_err(db)?,
-        next_attempt_at: r.try_get("next_attempt_at").map_err(db)?,
-        last_error: r.try_get("last_error").map_err(db)?,
-        delivered_at: r.try_get("delivered_at").map_err(db)?,
-        created_at: r.try_get("created_at").map_err(db)?,
-    })
-}
-
-fn from_row(r: &SqliteRow) -> Result<Row, StoreError> {
-    let id: String = r.try_get("id").map_err(db)?;
-    let corrupt = |what: &str| StoreError::Corrupt {
-        id: id.clone(),
-        what: what.to_string(),
-    };
-    let status: String = r.try_get("status").map_err(db)?;
-    let metadata: String = r.try_get("metadata").map_err(db)?;
-    let last_error = match r
-        .try_get::<Option<String>, _>("last_error_class")
-        .map_err(db)?
-    {
-        None => None,
-        Some(class) => Some(LastError {
-            class,
-            provider_status: r
-                .try_get::<Option<i64>, _>("last_error_status")
-                .map_err(db)?
-                .map(|s| s as u16),
-            description: r.try_get("last_error_description").map_err(db)?,
-            at: r
-                .try_get::<Option<i64>, _>("last_error_at")
-                .map_err(db)?
-                .unwrap_or(0),
-        }),
-    };
-    Ok(Row {
-        integration: r.try_get("integration").map_err(db)?,
-        status: Status::parse(&status).ok_or_else(|| corrupt("unknown status"))?,
-        key_id: r.try_get("key_id").map_err(db)?,
-        access_token: r.try_get("access_token").map_err(db)?,
-        refresh_token: r.try_get("refresh_token").map_err(db)?,
-        expires_at: r.try_get("expires_at").map_err(db)?,
-        scopes: r.try_get("scopes").map_err(db)?,
-        metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata is not JSON"))?,
-        version: r.try_get("version").map_err(db)?,
-        lease_owner: r.try_get("lease_owner").map_err(db)?,
-        lease_until: r.try_get("lease_until").map_err(db)?,
-        refresh_failures: r.try_get("refresh_failures").map_err(db)?,
-        next_attempt_at: r.try_get("next_attempt_at").map_err(db)?,
-        last_error,
-        created_at: r.try_get("created_at").map_err(db)?,
-        updated_at: r.try_get("updated_at").map_err(db)?,
-        id,
-    })
-}
+super::rows::row_decoders!(SqliteRow);
 
 /// Writes the transition and the events it causes, in the caller's transaction.
 async fn record(
