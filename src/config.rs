@@ -52,6 +52,8 @@ pub struct Config {
     pub refresh: RefreshConfig,
     #[serde(default)]
     pub callbacks: CallbacksConfig,
+    #[serde(default)]
+    pub connect: ConnectConfig,
     /// Per-integration overrides, keyed by integration name.
     #[serde(default)]
     pub integrations: BTreeMap<String, IntegrationConfig>,
@@ -304,6 +306,91 @@ fn d72h() -> Duration {
     Duration::from_secs(72 * 3600)
 }
 
+/// The connect flow (OAuth authorization code): where browsers reach grantd and where they
+/// may be sent back to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectConfig {
+    /// The public, browser-facing listener (`/connect/{token}`, `/oauth/callback`). Off when absent.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// How browsers reach that listener (e.g. `https://connect.example.com`); links are
+    /// `{public_url}/connect/{token}`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// The one redirect URI registered with every provider. Default `{public_url}/oauth/callback`.
+    /// Never derived from request headers.
+    #[serde(default)]
+    pub redirect_uri: Option<String>,
+    /// Where users may be sent back to: URL prefixes (same scheme, host and port; the path
+    /// must start with the prefix's path at a `/` boundary).
+    #[serde(default)]
+    pub return_to: Vec<String>,
+    /// How long an authorization request (`state`) stays valid.
+    #[serde(with = "humantime_serde", default = "d10m")]
+    pub state_ttl: Duration,
+    /// How long a connect link (`/connect/{token}`, `reconnect_url`) stays valid.
+    #[serde(with = "humantime_serde", default = "d7d")]
+    pub link_ttl: Duration,
+}
+
+impl Default for ConnectConfig {
+    fn default() -> Self {
+        ConnectConfig {
+            listen: None,
+            public_url: None,
+            redirect_uri: None,
+            return_to: Vec::new(),
+            state_ttl: d10m(),
+            link_ttl: d7d(),
+        }
+    }
+}
+
+impl ConnectConfig {
+    /// The configured redirect URI, or the one derived from `public_url`.
+    pub fn default_redirect_uri(&self) -> Option<String> {
+        self.redirect_uri.clone().or_else(|| {
+            self.public_url
+                .as_ref()
+                .map(|p| format!("{}/oauth/callback", p.trim_end_matches('/')))
+        })
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let absolute = |key: &str, v: &str| -> Result<(), String> {
+            match url::Url::parse(v) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+                Ok(_) => Err(format!("{key}: `{v}` must be an http(s) URL with a host")),
+                Err(e) => Err(format!("{key}: `{v}` is not a URL: {e}")),
+            }
+        };
+        if let Some(p) = &self.public_url {
+            absolute("connect.public_url", p)?;
+        }
+        if let Some(r) = &self.redirect_uri {
+            absolute("connect.redirect_uri", r)?;
+        }
+        for (i, r) in self.return_to.iter().enumerate() {
+            absolute(&format!("connect.return_to[{i}]"), r)?;
+        }
+        if self.listen.is_some() && self.public_url.is_none() {
+            return Err("connect.public_url is required with connect.listen: links and the redirect URI are built from it".into());
+        }
+        if self.state_ttl.is_zero() || self.link_ttl.is_zero() {
+            return Err("connect.state_ttl and connect.link_ttl must be greater than 0".into());
+        }
+        Ok(())
+    }
+}
+
+fn d10m() -> Duration {
+    Duration::from_secs(600)
+}
+fn d7d() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
@@ -365,6 +452,15 @@ pub struct IntegrationConfig {
     pub client_id: Option<String>,
     #[serde(default)]
     pub client_secret: Option<String>,
+    /// Replaces the rule file's `auth.authorize_url`.
+    #[serde(default)]
+    pub authorize_url: Option<String>,
+    /// This integration's redirect URI, if it differs from `connect.redirect_uri`.
+    #[serde(default)]
+    pub redirect_uri: Option<String>,
+    /// Scopes asked for when a connect request names none.
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 impl std::fmt::Debug for IntegrationConfig {
@@ -374,6 +470,9 @@ impl std::fmt::Debug for IntegrationConfig {
             .field("token_url", &self.token_url)
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret.as_ref().map(|_| "***"))
+            .field("authorize_url", &self.authorize_url)
+            .field("redirect_uri", &self.redirect_uri)
+            .field("scopes", &self.scopes)
             .finish()
     }
 }
@@ -415,6 +514,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             refresh: RefreshConfig::default(),
             callbacks: CallbacksConfig::default(),
+            connect: ConnectConfig::default(),
             integrations: BTreeMap::new(),
         }
     }
@@ -555,6 +655,17 @@ impl Config {
         }
         if self.evaluation.timeout.is_zero() {
             return Err("evaluation.timeout: must be greater than 0".into());
+        }
+        self.connect.validate()?;
+        for (name, i) in &self.integrations {
+            if let Some(r) = &i.redirect_uri {
+                ConnectConfig {
+                    redirect_uri: Some(r.clone()),
+                    ..ConnectConfig::default()
+                }
+                .validate()
+                .map_err(|e| e.replace("connect.", &format!("integrations.{name}.")))?;
+            }
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 
 pub mod crypto;
 pub mod refresh;
+pub mod token;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -41,8 +41,28 @@ pub struct AuthSpec {
     /// Extra form parameters for token requests.
     #[serde(default)]
     pub token_params: BTreeMap<String, String>,
+    /// Extra query parameters for the authorization URL (`access_type: offline`, ...).
+    #[serde(default)]
+    pub authorize_params: BTreeMap<String, String>,
+    /// Scopes always asked for, whatever the app asks (`offline_access` for a refresh token).
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// How scopes are joined in the authorization URL (Slack: `,`).
+    #[serde(default = "default_scope_separator")]
+    pub scope_separator: String,
+    /// Send a PKCE S256 challenge (RFC 7636). Providers that do not know PKCE ignore it.
+    #[serde(default = "default_true")]
+    pub pkce: bool,
     #[serde(default)]
     pub inject: Inject,
+}
+
+fn default_scope_separator() -> String {
+    " ".into()
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// RFC 6749 §2.3.1: `basic` (form-urlencoded id and secret inside HTTP Basic) or `body`.

@@ -308,7 +308,54 @@ for_every_store!(
     outbox_events_are_written_with_their_transition,
     a_config_error_episode_is_one_event,
     leases_are_capped_per_integration,
+    a_connect_state_is_taken_once_even_under_a_race,
+    a_connect_link_is_used_once,
 );
+
+pub async fn a_connect_state_is_taken_once_even_under_a_race(s: &dyn Store) {
+    let now = now_ms();
+    let state = ConnectState {
+        hash: "h1".into(),
+        integration: "google".into(),
+        connection_id: "c1".into(),
+        key_id: "k1".into(),
+        verifier: Some(b"sealed-verifier".to_vec()),
+        detail: serde_json::json!({"redirect_uri": "https://x/cb"}),
+        created_at: now,
+        expires_at: now + 600_000,
+    };
+    s.put_connect_state(&state, now).await.unwrap();
+    assert_eq!(
+        s.take_connect_state("nope", now).await.unwrap(),
+        Taken::Unknown
+    );
+    let take = || s.take_connect_state("h1", now);
+    let (a, b, c, d) = tokio::join!(take(), take(), take(), take());
+    let takes = [a, b, c, d].map(Result::unwrap);
+    let fresh = takes
+        .iter()
+        .filter(|t| matches!(t, Taken::Fresh(_)))
+        .count();
+    assert_eq!(
+        fresh, 1,
+        "exactly one of 4 concurrent takes wins: {takes:?}"
+    );
+    assert!(
+        takes.contains(&Taken::Fresh(state.clone())),
+        "read back intact"
+    );
+    assert_eq!(
+        s.take_connect_state("h1", now).await.unwrap(),
+        Taken::Used(state)
+    );
+}
+
+pub async fn a_connect_link_is_used_once(s: &dyn Store) {
+    let now = now_ms();
+    assert!(s.use_connect_link("l1", now + 1000, now).await.unwrap());
+    assert!(!s.use_connect_link("l1", now + 1000, now).await.unwrap());
+    assert!(s.use_connect_link("l2", now + 1000, now).await.unwrap());
+}
 
 pub async fn leases_are_capped_per_integration(s: &dyn Store) {
     for id in ["a", "b", "c"] {

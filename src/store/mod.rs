@@ -162,6 +162,31 @@ pub enum DeliveryResult {
     Failed { error: String },
 }
 
+/// One authorization request in flight (the connect flow). `hash` is the SHA-256 of the
+/// `state` sent to the provider; the PKCE verifier is sealed like a token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectState {
+    pub hash: String,
+    pub integration: String,
+    pub connection_id: String,
+    pub key_id: String,
+    pub verifier: Option<Vec<u8>>,
+    /// redirect_uri, return_to, scopes: what the callback needs besides the code.
+    pub detail: serde_json::Value,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// What taking a `state` found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Taken {
+    /// First use: it is now marked used.
+    Fresh(ConnectState),
+    /// It was used before (a replayed or doubled callback).
+    Used(ConnectState),
+    Unknown,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
@@ -225,6 +250,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Delivery>, StoreError>;
     /// Makes every delivery of the event pending again, now, with a fresh retry window.
     async fn retry_event(&self, id: &str, now: i64) -> Result<bool, StoreError>;
+    /// Records an authorization request (and sweeps long-expired ones).
+    async fn put_connect_state(&self, state: &ConnectState, now: i64) -> Result<(), StoreError>;
+    /// Marks the state used, atomically: of any number of concurrent callers one gets `Fresh`.
+    async fn take_connect_state(&self, hash: &str, now: i64) -> Result<Taken, StoreError>;
+    /// Records a connect link's use; false if it was used before.
+    async fn use_connect_link(
+        &self,
+        hash: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Unix milliseconds now.

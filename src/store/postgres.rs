@@ -11,8 +11,8 @@ use sqlx::{PgPool, Row as _};
 
 use super::rows::{db, COLUMNS, DELIVERY_COLUMNS};
 use super::{
-    Delivery, DeliveryResult, LastError, ListQuery, Outbox, Row, Status, Store, StoreError,
-    Transition, TransitionRecord,
+    ConnectState, Delivery, DeliveryResult, LastError, ListQuery, Outbox, Row, Status, Store,
+    StoreError, Taken, Transition, TransitionRecord,
 };
 use crate::callbacks::events::{self, Event};
 
@@ -83,6 +83,7 @@ impl PostgresStore {
 }
 
 super::rows::row_decoders!(PgRow);
+super::rows::connect_statements!(PgPool, pg);
 
 /// Writes the transition and the events it causes, in the caller's transaction.
 async fn record(
@@ -521,6 +522,23 @@ impl Store for PostgresStore {
         .await
         .map_err(db)?;
         rows.iter().map(delivery_from_row).collect()
+    }
+
+    async fn put_connect_state(&self, state: &ConnectState, now: i64) -> Result<(), StoreError> {
+        put_state(&self.pool, state, now).await
+    }
+
+    async fn take_connect_state(&self, hash: &str, now: i64) -> Result<Taken, StoreError> {
+        take_state(&self.pool, hash, now).await
+    }
+
+    async fn use_connect_link(
+        &self,
+        hash: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        use_link(&self.pool, hash, expires_at, now).await
     }
 
     async fn retry_event(&self, id: &str, now: i64) -> Result<bool, StoreError> {

@@ -88,3 +88,102 @@ macro_rules! row_decoders {
 }
 
 pub(super) use row_decoders;
+
+/// Defines the connect-flow statements (`put_state`, `take_state`, `use_link`) for one driver;
+/// `$sql` turns `?` placeholders into the driver's own.
+macro_rules! connect_statements {
+    ($pool:ty, $sql:path) => {
+        async fn put_state(pool: &$pool, s: &ConnectState, now: i64) -> Result<(), StoreError> {
+            // Expired states are of no use to anyone: sweep them on the way.
+            sqlx::query(&$sql("DELETE FROM connect_states WHERE expires_at < ?"))
+                .bind(now - 86_400_000)
+                .execute(pool)
+                .await
+                .map_err(db)?;
+            sqlx::query(&$sql(
+                "INSERT INTO connect_states (state_hash, integration, connection_id, key_id, verifier, \
+                 detail, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            ))
+            .bind(&s.hash)
+            .bind(&s.integration)
+            .bind(&s.connection_id)
+            .bind(&s.key_id)
+            .bind(&s.verifier)
+            .bind(s.detail.to_string())
+            .bind(s.created_at)
+            .bind(s.expires_at)
+            .execute(pool)
+            .await
+            .map_err(db)?;
+            Ok(())
+        }
+
+        async fn take_state(pool: &$pool, hash: &str, now: i64) -> Result<Taken, StoreError> {
+            let Some(r) = sqlx::query(&$sql(
+                "SELECT state_hash, integration, connection_id, key_id, verifier, detail, created_at, \
+                 expires_at, used_at FROM connect_states WHERE state_hash = ?",
+            ))
+            .bind(hash)
+            .fetch_optional(pool)
+            .await
+            .map_err(db)?
+            else {
+                return Ok(Taken::Unknown);
+            };
+            let detail: String = r.try_get("detail").map_err(db)?;
+            let state = ConnectState {
+                hash: r.try_get("state_hash").map_err(db)?,
+                integration: r.try_get("integration").map_err(db)?,
+                connection_id: r.try_get("connection_id").map_err(db)?,
+                key_id: r.try_get("key_id").map_err(db)?,
+                verifier: r.try_get("verifier").map_err(db)?,
+                detail: serde_json::from_str(&detail).unwrap_or_default(),
+                created_at: r.try_get("created_at").map_err(db)?,
+                expires_at: r.try_get("expires_at").map_err(db)?,
+            };
+            // The single-use gate: exactly one caller flips used_at, whatever the race.
+            let n = sqlx::query(&$sql(
+                "UPDATE connect_states SET used_at = ? WHERE state_hash = ? AND used_at IS NULL",
+            ))
+            .bind(now)
+            .bind(hash)
+            .execute(pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
+            Ok(if n == 1 {
+                Taken::Fresh(state)
+            } else {
+                Taken::Used(state)
+            })
+        }
+
+        async fn use_link(
+            pool: &$pool,
+            hash: &str,
+            expires_at: i64,
+            now: i64,
+        ) -> Result<bool, StoreError> {
+            // A link past its expiry is refused before it gets here, so its row can go.
+            sqlx::query(&$sql("DELETE FROM connect_links_used WHERE expires_at < ?"))
+                .bind(now)
+                .execute(pool)
+                .await
+                .map_err(db)?;
+            let n = sqlx::query(&$sql(
+                "INSERT INTO connect_links_used (link_hash, expires_at, used_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (link_hash) DO NOTHING",
+            ))
+            .bind(hash)
+            .bind(expires_at)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
+            Ok(n == 1)
+        }
+    };
+}
+
+pub(super) use connect_statements;
