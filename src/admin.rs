@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::connect::{Connect, ConnectRequest};
 use crate::grants::refresh::Refresher;
 use crate::grants::{ConnectionView, GrantError, Grants, PutConnection};
 use crate::store::{ListQuery, Status};
@@ -25,6 +26,7 @@ type Body = Full<Bytes>;
 pub struct Admin {
     grants: Arc<Grants>,
     refresher: Arc<Refresher>,
+    connect: Arc<Connect>,
     token_digest: Vec<u8>,
     integrations: BTreeMap<String, bool>,
 }
@@ -34,12 +36,14 @@ impl Admin {
     pub fn new(
         grants: Arc<Grants>,
         refresher: Arc<Refresher>,
+        connect: Arc<Connect>,
         token: &str,
         integrations: BTreeMap<String, bool>,
     ) -> Admin {
         Admin {
             grants,
             refresher,
+            connect,
             token_digest: digest(token.as_bytes()),
             integrations,
         }
@@ -84,6 +88,9 @@ impl Admin {
         let method = req.method().clone();
         match (method, segments.as_slice()) {
             (Method::GET, ["v1", "integrations"]) => self.integrations().await,
+            (Method::GET, ["v1", "connect", integration]) => {
+                self.connect(integration, req.uri().query()).await
+            }
             (Method::GET, ["v1", "connections"]) => self.list(req.uri().query()).await,
             (Method::PUT, ["v1", "connections", id]) => {
                 let id = id.to_string();
@@ -160,6 +167,53 @@ impl Admin {
         match self.grants.put(id, put).await {
             Ok(view) => ok(StatusCode::OK, &to_json(&view)),
             Err(e) => grant_error(e),
+        }
+    }
+
+    /// Starts a connect (or reconnect): the provider's authorization URL, and a shareable
+    /// single-use link when the public listener is on.
+    async fn connect(&self, integration: &str, query: Option<&str>) -> Response<Body> {
+        let mut req = ConnectRequest {
+            integration: integration.to_string(),
+            ..ConnectRequest::default()
+        };
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let v = Some(v.into_owned()).filter(|v| !v.is_empty());
+            match k.as_ref() {
+                "connection_id" => req.connection_id = v,
+                "login_hint" => req.login_hint = v,
+                "return_to" => req.return_to = v,
+                "scopes" => {
+                    req.scopes = v.map(|s| {
+                        s.split([',', ' '])
+                            .filter(|x| !x.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
+                }
+                other => {
+                    return fail(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_query",
+                        &format!("unknown parameter `{other}` (known: connection_id, login_hint, return_to, scopes)"),
+                    )
+                }
+            }
+        }
+        let link = match self.connect.link(&mut req).await {
+            Ok(link) => link,
+            Err(e) => return fail(e.status, e.code, &e.message),
+        };
+        match self.connect.start(req).await {
+            Ok(started) => {
+                let mut body = serde_json::to_value(&started).unwrap_or_default();
+                if let Some((url, expires_at)) = link {
+                    body["link"] = json!(url);
+                    body["link_expires_at"] = json!(crate::grants::rfc3339(expires_at));
+                }
+                ok(StatusCode::OK, &body)
+            }
+            Err(e) => fail(e.status, e.code, &e.message),
         }
     }
 

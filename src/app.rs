@@ -15,6 +15,9 @@ use tokio::sync::watch;
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::connect::link::Links;
+use crate::connect::public::Public;
+use crate::connect::Connect;
 use crate::grants::crypto::Keyring;
 use crate::grants::refresh::Refresher;
 use crate::grants::token::oauth_clients;
@@ -32,6 +35,9 @@ pub const EXAMPLE_KEY: &str = "ZXhhbXBsZS1rZXktZG8tbm90LXVzZS1pbi1wcm9kISE=";
 pub struct App {
     pub proxy_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
+    /// The public connect listener, when `connect.listen` is set.
+    pub connect_addr: Option<SocketAddr>,
+    pub connect: Arc<Connect>,
     pub grants: Arc<Grants>,
     pub refresher: Arc<Refresher>,
     stop: watch::Sender<bool>,
@@ -54,8 +60,22 @@ impl App {
             .thread_name("grantd-control")
             .enable_all()
             .build()?;
-        let outbox =
+        let mut outbox =
             crate::callbacks::deliver::outbox(&config.callbacks).map_err(anyhow::Error::msg)?;
+        let connect_keys = Arc::new(
+            Keyring::new(&encryption.key, &encryption.previous_keys).map_err(anyhow::Error::msg)?,
+        );
+        let links = match (&config.connect.listen, &config.connect.public_url) {
+            (Some(_), Some(public_url)) => Some(Arc::new(Links::new(
+                connect_keys.clone(),
+                public_url,
+                config.connect.link_ttl,
+            ))),
+            _ => None,
+        };
+        outbox.reconnect = links
+            .clone()
+            .map(|l| l as Arc<dyn crate::callbacks::events::ReconnectLinks>);
         let store = control.block_on(open_store(&config.store, outbox))?;
         let grants = Arc::new(Grants::new(store.clone(), keys, config.store.cache_ttl));
         let clients = oauth_clients(config, &rule_sets);
@@ -67,6 +87,15 @@ impl App {
             clients.clone(),
             config.refresh.clone(),
             control.handle().clone(),
+        ));
+        let connect = Arc::new(Connect::new(
+            grants.clone(),
+            upstream::client(&config.upstream, tls.clone()),
+            clients.clone(),
+            connect_keys,
+            links,
+            config.connect.clone(),
+            config.refresh.clone(),
         ));
         let injects = rule_sets
             .iter()
@@ -85,6 +114,7 @@ impl App {
                 let admin = Arc::new(Admin::new(
                     grants.clone(),
                     refresher.clone(),
+                    connect.clone(),
                     token,
                     integrations,
                 ));
@@ -99,6 +129,21 @@ impl App {
                 tracing::warn!("admin.token is not set: the admin API is off");
                 None
             }
+        };
+        let connect_addr = match config.connect.listen {
+            Some(addr) => {
+                let public = Arc::new(Public::new(
+                    connect.clone(),
+                    config.connect.default_redirect_uri().as_deref(),
+                ));
+                let listener = control
+                    .block_on(tokio::net::TcpListener::bind(addr))
+                    .with_context(|| format!("cannot listen on {addr} (connect.listen)"))?;
+                let bound = listener.local_addr()?;
+                control.spawn(public.serve(listener, stop_rx.clone()));
+                Some(bound)
+            }
+            None => None,
         };
         control.spawn(refresher.clone().run_proactive());
         let callback_client = upstream::client(&config.upstream, tls);
@@ -139,6 +184,8 @@ impl App {
         Ok(App {
             proxy_addr,
             admin_addr,
+            connect_addr,
+            connect,
             grants,
             refresher,
             stop,

@@ -10,6 +10,7 @@ pub mod app;
 pub mod callbacks;
 pub mod cli;
 pub mod config;
+pub mod connect;
 pub mod grants;
 pub mod inject;
 pub mod proxy;

@@ -48,7 +48,10 @@ pub fn outbox(config: &CallbacksConfig) -> Result<Outbox, String> {
         }
         endpoints.push((e.key(), e.events.clone()));
     }
-    Ok(Outbox { endpoints })
+    Ok(Outbox {
+        endpoints,
+        reconnect: None,
+    })
 }
 
 fn parse_endpoint(e: &EndpointConfig) -> Result<Endpoint, String> {

@@ -56,6 +56,12 @@ fn new_id() -> String {
     )
 }
 
+/// Makes a ready-to-send "Reconnect" link for a connection (the connect flow's signed,
+/// expiring, single-use links), so an `authentication_error` can carry it.
+pub trait ReconnectLinks: Send + Sync {
+    fn reconnect_url(&self, connection_id: &str, integration: &str, now: i64) -> String;
+}
+
 /// The connection-level event for a transition, if it is one the app must hear about.
 /// `down_since` is when the connection entered the status it is leaving.
 pub fn for_transition(
@@ -63,6 +69,7 @@ pub fn for_transition(
     t: &Transition,
     now: i64,
     down_since: Option<i64>,
+    links: Option<&dyn ReconnectLinks>,
 ) -> Option<Event> {
     let previous = t.from.map(Status::as_str);
     match (t.from, t.to) {
@@ -75,19 +82,23 @@ pub fn for_transition(
                 "detail": d.get("detail").cloned().unwrap_or(Value::Null),
             });
             let first_failed_at = row.last_error.as_ref().map_or(now, |e| e.at);
+            let mut data = json!({
+                "connection_id": row.id,
+                "integration": row.integration,
+                "previous_status": previous,
+                "cause": t.cause,
+                "error": error,
+                "first_failed_at": rfc3339(first_failed_at),
+            });
+            if let Some(links) = links {
+                data["reconnect_url"] = json!(links.reconnect_url(&row.id, &row.integration, now));
+            }
             Some(event(
                 AUTHENTICATION_ERROR,
                 Some(&row.id),
                 &row.integration,
                 now,
-                json!({
-                    "connection_id": row.id,
-                    "integration": row.integration,
-                    "previous_status": previous,
-                    "cause": t.cause,
-                    "error": error,
-                    "first_failed_at": rfc3339(first_failed_at),
-                }),
+                data,
             ))
         }
         (Some(Status::NeedsReauth | Status::ConfigError), Status::Active) => Some(event(

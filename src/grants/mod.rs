@@ -312,6 +312,75 @@ impl Grants {
         Ok(view(&stored))
     }
 
+    /// Stores what an authorization-code exchange returned on connection `id`, in place:
+    /// created if new; otherwise same id, same metadata and history, fresh tokens, `active`.
+    /// Leaving `needs_reauth`/`config_error` is recorded as `reauthorized` (a `reactivated`
+    /// event). A response without a refresh token keeps the stored one.
+    pub async fn store_authorized(
+        &self,
+        id: &str,
+        integration: &str,
+        requested_scopes: &str,
+        fields: &serde_json::Map<String, serde_json::Value>,
+        default_lifetime: std::time::Duration,
+        now: i64,
+    ) -> Result<ConnectionView, GrantError> {
+        validate_id(id)?;
+        let previous = self.store.get(id).await?;
+        let kept_refresh = match &previous {
+            Some(p) => self.open(p)?.refresh_token,
+            None => None,
+        };
+        let mut row = Row {
+            id: id.to_string(),
+            integration: integration.to_string(),
+            status: Status::Active,
+            key_id: String::new(),
+            access_token: None,
+            refresh_token: None,
+            expires_at: None,
+            // Replaced by the response's `scope` when it has one.
+            scopes: requested_scopes.to_string(),
+            metadata: previous
+                .as_ref()
+                .map_or_else(|| serde_json::json!({}), |p| p.metadata.clone()),
+            version: 0,
+            lease_owner: None,
+            lease_until: None,
+            refresh_failures: 0,
+            next_attempt_at: None,
+            last_error: None,
+            created_at: previous.as_ref().map_or(now, |p| p.created_at),
+            updated_at: now,
+        };
+        token::apply_tokens(
+            self,
+            &mut row,
+            fields,
+            kept_refresh.as_ref(),
+            default_lifetime,
+            now,
+        );
+        let transition = match previous.as_ref().map(|p| p.status) {
+            Some(Status::Active) => None,
+            from => Some(Transition {
+                from,
+                to: Status::Active,
+                cause: if from.is_some() {
+                    "reauthorized"
+                } else {
+                    "created"
+                }
+                .into(),
+                detail: serde_json::json!({}),
+            }),
+        };
+        let stored = self.store.put(row, transition).await?;
+        self.forget(id);
+        self.remember(self.open(&stored)?);
+        Ok(view(&stored))
+    }
+
     /// Pauses a connection after a live `reauth` verdict, unless it changed since the request
     /// read it (a newer token may be fine). Returns whether it was paused now.
     pub async fn mark_needs_reauth(
@@ -372,7 +441,7 @@ impl Grants {
 }
 
 /// Connection ids are chosen by the app; keep them to a safe, URL-friendly alphabet.
-fn validate_id(id: &str) -> Result<(), GrantError> {
+pub fn validate_id(id: &str) -> Result<(), GrantError> {
     let ok = !id.is_empty()
         && id.len() <= 200
         && id
