@@ -1,0 +1,410 @@
+//! The connect flow end to end against an independently written OAuth 2.0 authorization
+//! server (panva/oidc-provider: exact redirect URIs, PKCE, single-use codes whose reuse revokes
+//! the grant, rotating refresh tokens, client_secret_basic and client_secret_post), driven by a
+//! headless browser over real sockets.
+
+mod authz;
+mod common;
+mod receiver;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use authz::{AuthzServer, Browser};
+use common::*;
+use http::Request;
+use http_body_util::Full;
+use receiver::{callbacks_config, Receiver};
+
+/// Needs form-urlencoding in HTTP Basic: `&`, `=`, `+`, space and `%`.
+const BASIC_SECRET: &str = "s3cr&t=+ x%";
+const POST_SECRET: &str = "p0st&s3cr=t+%20";
+const RETURN_TO: &str = "http://app.test/settings/integrations";
+
+struct World {
+    authz: AuthzServer,
+    g: Grantd,
+    public: SocketAddr,
+    receiver: Arc<Receiver>,
+}
+
+/// A port for grantd's public listener, known before the authorization server registers its
+/// redirect URI (the one place a test needs a port before binding it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn rule_file(name: &str, authz: SocketAddr, client_auth: &str) -> String {
+    format!(
+        r#"integration: {name}
+base_url: http://{authz}
+auth:
+  authorize_url: http://{authz}/auth
+  token_url: http://{authz}/token
+  client_auth: {client_auth}
+  required_scopes: [openid]
+  authorize_params: {{ prompt: consent }}
+rules:
+  - name: token-invalid
+    match: {{ status: [401] }}
+    expr: |
+      {{ "status": 401, "action": "refresh", "error": "invalid_token" }}
+"#
+    )
+}
+
+async fn world(access_ttl: u64, connect_extra: &str, extra: &str) -> Option<World> {
+    let port = free_port();
+    let redirect = format!("http://127.0.0.1:{port}/oauth/callback");
+    let client = |id: &str, secret: &str, method: &str| {
+        serde_json::json!({
+            "client_id": id, "client_secret": secret, "redirect_uris": [redirect],
+            "token_endpoint_auth_method": method,
+            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
+        })
+    };
+    let authz = AuthzServer::start(
+        serde_json::json!([
+            client("grantd-basic", BASIC_SECRET, "client_secret_basic"),
+            client("grantd-post", POST_SECRET, "client_secret_post"),
+        ]),
+        access_ttl,
+    )?;
+    let (receiver, hooks) = Receiver::start(0).await;
+    let config = format!(
+        "connect:\n  listen: 127.0.0.1:{port}\n  public_url: http://127.0.0.1:{port}\n  return_to: [\"{RETURN_TO}\"]\n{connect_extra}\
+         integrations:\n  authz:\n    client_id: grantd-basic\n    client_secret: \"{BASIC_SECRET}\"\n\
+         \x20 authzpost:\n    client_id: grantd-post\n    client_secret: \"{POST_SECRET}\"\n{}{extra}",
+        callbacks_config(hooks)
+    );
+    let g = grantd(&config)
+        .rule_file("authz.yaml", &rule_file("authz", authz.addr, "basic"))
+        .rule_file(
+            "authzpost.yaml",
+            &rule_file("authzpost", authz.addr, "body"),
+        )
+        .start();
+    let public = g
+        .app
+        .as_ref()
+        .unwrap()
+        .connect_addr
+        .expect("public listener");
+    assert_eq!(public.port(), port);
+    Some(World {
+        authz,
+        g,
+        public,
+        receiver,
+    })
+}
+
+impl World {
+    async fn connect_url(&self, integration: &str, query: &str) -> serde_json::Value {
+        let got = admin(
+            self.g.admin,
+            "GET",
+            &format!("/v1/connect/{integration}?{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+        got.json()
+    }
+
+    async fn connection(&self, id: &str) -> serde_json::Value {
+        admin(self.g.admin, "GET", &format!("/v1/connections/{id}"), None)
+            .await
+            .json()
+    }
+
+    /// `GET /{integration}/me` (the provider's userinfo) through the proxy.
+    async fn me(&self, integration: &str, id: &str) -> Got {
+        send(
+            Request::get(format!("http://{}/{integration}/me", self.g.addr))
+                .header("grantd-connection", id)
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+    }
+
+    fn exchanges(&self) -> u64 {
+        self.g.app.as_ref().unwrap().connect.exchanges()
+    }
+
+    async fn wait_status(&self, id: &str, status: &str) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let c = self.connection(id).await;
+            if c["status"] == status {
+                return c;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waited 20 s for {status}: {c}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn app_test(u: &url::Url) -> bool {
+    u.host_str() == Some("app.test")
+}
+
+fn callback(u: &url::Url) -> bool {
+    u.path() == "/oauth/callback"
+}
+
+fn query(u: &url::Url, key: &str) -> Option<String> {
+    u.query_pairs()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_refresh_revoke_and_reconnect_in_place() {
+    let Some(w) = world(
+        3,
+        "",
+        "refresh: { window_min: 1s, window_max: 2s, scan_interval: 200ms, expiry_margin: 0s }\n",
+    )
+    .await
+    else {
+        return;
+    };
+    // Connect a new connection headlessly through the returned URL.
+    let started = w
+        .connect_url(
+            "authz",
+            &format!("connection_id=acme-1&login_hint=bob@example.test&return_to={RETURN_TO}&scopes=email"),
+        )
+        .await;
+    assert_eq!(started["connection_id"], "acme-1");
+    let auth_url = url::Url::parse(started["authorization_url"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        query(&auth_url, "redirect_uri").unwrap(),
+        format!("http://{}/oauth/callback", w.public)
+    );
+    assert_eq!(query(&auth_url, "code_challenge_method").unwrap(), "S256");
+    assert_eq!(query(&auth_url, "scope").unwrap(), "email openid");
+    assert_eq!(query(&auth_url, "prompt").unwrap(), "consent");
+    let before = grantd::store::now_ms();
+    let back = Browser::default()
+        .visit(auth_url.as_str(), app_test)
+        .await
+        .stopped();
+    let after = grantd::store::now_ms();
+    assert!(back.as_str().starts_with(RETURN_TO), "{back}");
+    assert_eq!(
+        query(&back, "status").as_deref(),
+        Some("connected"),
+        "{back}"
+    );
+    assert_eq!(query(&back, "connection_id").as_deref(), Some("acme-1"));
+    let c = w.connection("acme-1").await;
+    assert_eq!(c["status"], "active");
+    assert_eq!(c["has_refresh_token"], true);
+    let created_at = c["created_at"].clone();
+    // Expiry counts from our clock at receipt: expires_in (3 s) after the exchange.
+    let expires = grantd::grants::parse_rfc3339(c["expires_at"].as_str().unwrap()).unwrap();
+    assert!(expires >= before + 3000 && expires <= after + 3000, "{c}");
+    assert_eq!(w.authz.token_calls("authorization_code").await, 1);
+
+    // Proxy requests with it.
+    let me = w.me("authz", "acme-1").await;
+    assert_eq!(me.status, 200, "{}", String::from_utf8_lossy(&me.body));
+    assert_eq!(me.json()["sub"], "bob@example.test");
+
+    // The access token expires; the refresher keeps the connection alive (rotating tokens).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let c = w.connection("acme-1").await;
+    assert_eq!(c["status"], "active", "{c}");
+    assert!(
+        c["version"].as_i64().unwrap() >= 3,
+        "refreshed at least twice: {c}"
+    );
+    assert!(w.authz.token_calls("refresh_token").await >= 2);
+    assert_eq!(w.me("authz", "acme-1").await.status, 200);
+
+    // The user revokes the grant at the server: needs_reauth and one authentication_error.
+    assert_eq!(w.authz.revoke("bob@example.test").await, 1);
+    let _ = w.me("authz", "acme-1").await;
+    w.wait_status("acme-1", "needs_reauth").await;
+    let errors = w.receiver.wait_for("authentication_error", 1).await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let reconnect = errors[0]["data"]["reconnect_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reconnect.starts_with(&format!("http://{}/connect/", w.public)),
+        "{reconnect}"
+    );
+    assert_eq!(w.me("authz", "acme-1").await.status, 401);
+
+    // Reconnect through the link from the callback: same id, active, one reactivated.
+    let (_, page) = Browser::default().visit(&reconnect, |_| false).await.page();
+    assert_eq!(page.status, 200, "{}", String::from_utf8_lossy(&page.body));
+    assert!(String::from_utf8_lossy(&page.body).contains("connected"));
+    let c = w.wait_status("acme-1", "active").await;
+    assert_eq!(c["id"], "acme-1");
+    assert_eq!(
+        c["created_at"], created_at,
+        "updated in place, not re-created"
+    );
+    let reactivated = w.receiver.wait_for("reactivated", 1).await;
+    assert_eq!(reactivated.len(), 1, "{reactivated:?}");
+    assert_eq!(reactivated[0]["data"]["via"], "reauthorized");
+    assert_eq!(reactivated[0]["data"]["connection_id"], "acme-1");
+    assert_eq!(w.me("authz", "acme-1").await.status, 200);
+    assert_eq!(w.receiver.of_type("authentication_error").len(), 1);
+
+    // A link works once.
+    let (_, again) = Browser::default().visit(&reconnect, |_| false).await.page();
+    assert_eq!(again.status, 410);
+    assert!(String::from_utf8_lossy(&again.body).contains("already used"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_callback_is_rejected_without_a_token_call() {
+    let Some(w) = world(3600, "", "").await else {
+        return;
+    };
+    let started = w
+        .connect_url(
+            "authzpost",
+            &format!("connection_id=replay-1&return_to={RETURN_TO}"),
+        )
+        .await;
+    let mut browser = Browser::default();
+    let cb = browser
+        .visit(started["authorization_url"].as_str().unwrap(), callback)
+        .await
+        .stopped();
+    // The browser delivers the callback twice at once, then once more later.
+    let target = path_and_query(&cb);
+    let (a, b) = tokio::join!(get(w.public, &target), get(w.public, &target));
+    let statuses = {
+        let mut s = [a.status, b.status];
+        s.sort();
+        s
+    };
+    assert_eq!(statuses, [303, 409], "one exchange, one rejection");
+    let later = get(w.public, &target).await;
+    assert_eq!(later.status, 409);
+    assert!(String::from_utf8_lossy(&later.body).contains("already completed or attempted"));
+    assert_eq!(w.exchanges(), 1);
+    assert_eq!(w.authz.token_calls("authorization_code").await, 1);
+    // Had the code been sent twice, the server would have revoked what it issued.
+    let me = w.me("authzpost", "replay-1").await;
+    assert_eq!(me.status, 200, "{}", String::from_utf8_lossy(&me.body));
+}
+
+fn path_and_query(u: &url::Url) -> String {
+    format!("{}?{}", u.path(), u.query().unwrap_or(""))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_or_expired_state_and_foreign_return_to_are_refused() {
+    let Some(w) = world(3600, "", "").await else {
+        return;
+    };
+    // return_to outside the allow-list: refused before anything starts.
+    for bad in [
+        "https://evil.example/settings/integrations",
+        "http://app.test@evil.example/settings/integrations",
+        "http://app.test/settings/integrationsX",
+    ] {
+        let got = admin(
+            w.g.admin,
+            "GET",
+            &format!(
+                "/v1/connect/authz?connection_id=x&return_to={}",
+                form_urlencoded::byte_serialize(bad.as_bytes()).collect::<String>()
+            ),
+            None,
+        )
+        .await;
+        assert_eq!(got.status, 400, "{bad}");
+        assert_eq!(got.json()["error"], "return_to_not_allowed");
+    }
+
+    let started = w
+        .connect_url("authz", &format!("connection_id=t-1&return_to={RETURN_TO}"))
+        .await;
+    let cb = Browser::default()
+        .visit(started["authorization_url"].as_str().unwrap(), callback)
+        .await
+        .stopped();
+    let state = query(&cb, "state").unwrap();
+    let code = query(&cb, "code").unwrap();
+    let mut tampered = state.clone();
+    tampered.replace_range(0..1, if state.starts_with('A') { "B" } else { "A" });
+    let got = get(
+        w.public,
+        &format!("/oauth/callback?code={code}&state={tampered}"),
+    )
+    .await;
+    assert_eq!(got.status, 400);
+    assert!(String::from_utf8_lossy(&got.body).contains("state was altered"));
+    let got = get(w.public, &format!("/oauth/callback?code={code}")).await;
+    assert_eq!(got.status, 400);
+    assert_eq!(w.exchanges(), 0, "no token call for a bad state");
+    // The real state still works once: tampering did not use it up.
+    let got = get(w.public, &path_and_query(&cb)).await;
+    assert_eq!(got.status, 303);
+    assert_eq!(w.connection("t-1").await["status"], "active");
+
+    // A provider error goes back to the app, with the connection untouched.
+    let started = w
+        .connect_url("authz", &format!("connection_id=t-2&return_to={RETURN_TO}"))
+        .await;
+    let state = query(
+        &url::Url::parse(started["authorization_url"].as_str().unwrap()).unwrap(),
+        "state",
+    )
+    .unwrap();
+    let got = get(
+        w.public,
+        &format!(
+            "/oauth/callback?error=access_denied&error_description=user+said+no&state={state}"
+        ),
+    )
+    .await;
+    assert_eq!(got.status, 303);
+    let to = url::Url::parse(got.header("location").unwrap()).unwrap();
+    assert_eq!(query(&to, "status").as_deref(), Some("error"));
+    assert_eq!(query(&to, "error").as_deref(), Some("access_denied"));
+    assert_eq!(w.connection("t-2").await["error"], "unknown_connection");
+    assert_eq!(w.exchanges(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_state_is_refused_saying_when_it_expired() {
+    let Some(w) = world(3600, "  state_ttl: 1s\n", "").await else {
+        return;
+    };
+    let started = w.connect_url("authz", "connection_id=late-1").await;
+    let auth_url = url::Url::parse(started["authorization_url"].as_str().unwrap()).unwrap();
+    let state = query(&auth_url, "state").unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let got = get(
+        w.public,
+        &format!("/oauth/callback?code=whatever&state={state}"),
+    )
+    .await;
+    assert_eq!(got.status, 400);
+    let page = String::from_utf8_lossy(&got.body);
+    assert!(
+        page.contains("expired at") && page.contains("Start again"),
+        "{page}"
+    );
+    assert_eq!(w.exchanges(), 0);
+}
