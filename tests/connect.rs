@@ -283,11 +283,10 @@ async fn a_replayed_callback_is_rejected_without_a_token_call() {
             &format!("connection_id=replay-1&return_to={RETURN_TO}"),
         )
         .await;
-    let mut browser = Browser::default();
-    let cb = browser
-        .visit(started["authorization_url"].as_str().unwrap(), callback)
-        .await
-        .stopped();
+    // This time through the shareable link (what an app would email), which carries return_to.
+    let link = started["link"].as_str().unwrap();
+    assert!(link.starts_with(&format!("http://{}/connect/", w.public)));
+    let cb = Browser::default().visit(link, callback).await.stopped();
     // The browser delivers the callback twice at once, then once more later.
     let target = path_and_query(&cb);
     let (a, b) = tokio::join!(get(w.public, &target), get(w.public, &target));
@@ -407,4 +406,92 @@ async fn an_expired_state_is_refused_saying_when_it_expired() {
         "{page}"
     );
     assert_eq!(w.exchanges(), 0);
+}
+
+#[tokio::test]
+async fn shipped_providers_authorization_urls_carry_their_extra_parameters() {
+    let mut b = grantd(
+        "connect:\n  redirect_uri: https://connect.example.com/oauth/callback\n\
+         integrations:\n  google: { client_id: g-id, client_secret: g-secret, scopes: [email] }\n\
+         \x20 microsoft: { client_id: m-id }\n  slack: { client_id: s-id }\n  github: { client_id: gh-id }\n",
+    );
+    for p in ["google", "microsoft", "slack", "github"] {
+        b = b.shipped_rules(p);
+    }
+    let g = b.start();
+    let url_of = |body: serde_json::Value| {
+        assert!(
+            body.get("link").is_none(),
+            "no public listener, no link: {body}"
+        );
+        url::Url::parse(body["authorization_url"].as_str().unwrap()).unwrap()
+    };
+    let get_url = |q: &'static str| async move {
+        let got = admin(g.admin, "GET", &format!("/v1/connect/{q}"), None).await;
+        assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+        url_of(got.json())
+    };
+    let google = get_url("google?connection_id=u1&login_hint=a@b.test").await;
+    assert_eq!(google.host_str(), Some("accounts.google.com"));
+    for (k, v) in [
+        ("client_id", "g-id"),
+        ("redirect_uri", "https://connect.example.com/oauth/callback"),
+        ("response_type", "code"),
+        ("access_type", "offline"),
+        ("prompt", "consent"),
+        ("scope", "email"),
+        ("login_hint", "a@b.test"),
+        ("code_challenge_method", "S256"),
+    ] {
+        assert_eq!(query(&google, k).as_deref(), Some(v), "{k} in {google}");
+    }
+    assert!(
+        !google.as_str().contains("g-secret"),
+        "the secret never travels in a URL"
+    );
+    let ms = get_url("microsoft?scopes=User.Read,Mail.Read").await;
+    assert_eq!(
+        query(&ms, "scope").as_deref(),
+        Some("User.Read Mail.Read offline_access")
+    );
+    let slack = get_url("slack?scopes=chat:write+channels:read").await;
+    assert_eq!(
+        query(&slack, "scope").as_deref(),
+        Some("chat:write,channels:read")
+    );
+    let gh = get_url("github").await;
+    assert!(query(&gh, "state").unwrap().len() >= 43, "256-bit state");
+
+    let got = admin(g.admin, "GET", "/v1/connect/hubspot", None).await;
+    assert_eq!(got.status, 404);
+    assert_eq!(got.json()["error"], "unknown_integration");
+    let got = admin(g.admin, "GET", "/v1/connect/google?connection_id=a/b", None).await;
+    assert_eq!(got.status, 400);
+    assert_eq!(got.json()["error"], "invalid_connection_id");
+    let got = admin(
+        g.admin,
+        "GET",
+        "/v1/connect/google?return_to=https://app.example/",
+        None,
+    )
+    .await;
+    assert_eq!(
+        got.json()["error"],
+        "return_to_not_allowed",
+        "empty allow-list allows nothing"
+    );
+}
+
+#[tokio::test]
+async fn connect_without_a_redirect_uri_says_what_to_configure() {
+    let g = grantd("integrations:\n  google: { client_id: g-id }\n")
+        .shipped_rules("google")
+        .start();
+    let got = admin(g.admin, "GET", "/v1/connect/google", None).await;
+    assert_eq!(got.status, 409);
+    assert_eq!(got.json()["error"], "connect_not_configured");
+    assert!(got.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("connect.public_url"));
 }

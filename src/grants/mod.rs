@@ -618,4 +618,79 @@ mod tests {
             assert!(validate_id(bad).is_err(), "{bad}");
         }
     }
+
+    async fn grants() -> (tempfile::TempDir, Grants) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sqlite::SqliteStore::open(
+            &dir.path().join("g.db"),
+            std::time::Duration::from_secs(5),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let keys = Keyring::new(crate::app::EXAMPLE_KEY, &[]).unwrap();
+        let grants = Grants::new(Arc::new(store), keys, std::time::Duration::from_secs(2));
+        (dir, grants)
+    }
+
+    fn fields(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn authorized_expiry_counts_from_our_clock_not_the_providers() {
+        let (_dir, g) = grants().await;
+        let now = now_ms();
+        // A provider whose clock is a day ahead also sends absolute timestamps: ignored.
+        let answer = fields(serde_json::json!({
+            "access_token": "at-1", "refresh_token": "rt-1", "expires_in": "3600",
+            "expires_at": (now / 1000) + 86_400 + 3600, "expires_on": "1700000000",
+            "ext_expires_in": 7200, "instance_url": "https://x.my.salesforce.com",
+        }));
+        let hour = std::time::Duration::from_secs(3600);
+        let v = g
+            .store_authorized("c1", "lab", "email", &answer, hour, now)
+            .await
+            .unwrap();
+        let row = g.store().get("c1").await.unwrap().unwrap();
+        assert_eq!(row.expires_at, Some(now + 3_600_000));
+        assert_eq!(
+            v.metadata,
+            serde_json::json!({"instance_url": "https://x.my.salesforce.com"})
+        );
+        assert_eq!(
+            v.scopes,
+            vec!["email"],
+            "requested scopes when the answer has none"
+        );
+        let t = g.store().transitions("c1").await.unwrap();
+        assert_eq!(t.last().unwrap().cause, "created");
+
+        // Re-authorized from needs_reauth without a new refresh token: the old one is kept,
+        // metadata and created_at survive, and the transition says how it came back.
+        let mut paused = row.clone();
+        paused.version += 1;
+        paused.status = Status::NeedsReauth;
+        assert!(g.store().cas(&paused, row.version, None).await.unwrap());
+        let again = fields(serde_json::json!({"access_token": "at-2", "scope": "email,profile"}));
+        g.store_authorized("c1", "lab", "email", &again, hour, now + 5)
+            .await
+            .unwrap();
+        let grant = g.load("c1").await.unwrap();
+        assert_eq!(grant.access_token.as_ref().unwrap().expose(), "at-2");
+        assert_eq!(grant.refresh_token.as_ref().unwrap().expose(), "rt-1");
+        assert_eq!(grant.created_at, row.created_at);
+        assert_eq!(
+            grant.expires_at,
+            Some(now + 5 + 3_600_000),
+            "default lifetime"
+        );
+        assert_eq!(grant.scopes, "email profile");
+        assert_eq!(
+            grant.metadata["instance_url"],
+            "https://x.my.salesforce.com"
+        );
+        let t = g.store().transitions("c1").await.unwrap();
+        assert_eq!(t.last().unwrap().cause, "reauthorized");
+    }
 }

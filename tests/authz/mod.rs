@@ -1,7 +1,8 @@
 //! An independently written OAuth 2.0 authorization server (panva/oidc-provider under Node.js,
 //! `tests/authz/server.mjs`) on 127.0.0.1, and a headless "browser" that follows redirects
-//! with cookies. Without Node.js or `npm ci --prefix tests/authz`, tests using it are skipped
-//! loudly, except under `CI=true`, where they fail.
+//! with cookies. The first use runs `npm ci` (versions pinned by `package-lock.json`), so
+//! `cargo test` stays the one test command. Without Node.js or the npm registry, tests using
+//! it are skipped loudly, except under `CI=true`, where they fail.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::collections::HashMap;
@@ -32,8 +33,8 @@ impl AuthzServer {
     /// `clients`: oidc-provider client metadata; `access_ttl`: access-token lifetime (s).
     pub fn start(clients: serde_json::Value, access_ttl: u64) -> Option<AuthzServer> {
         let dir = repo_path("tests/authz");
-        if !dir.join("node_modules/oidc-provider").exists() {
-            skip("tests/authz/node_modules is missing: run `npm ci --prefix tests/authz`");
+        if let Err(why) = install(&dir) {
+            skip(&why);
             return None;
         }
         let mut child = match Command::new("node")
@@ -88,6 +89,27 @@ impl AuthzServer {
         let got = crate::common::get(self.addr, "/test/stats").await;
         got.json()["token_calls"][grant_type].as_u64().unwrap_or(0)
     }
+}
+
+/// `npm ci` once per test binary (tests run in parallel threads), unless already installed.
+fn install(dir: &std::path::Path) -> Result<(), String> {
+    static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONCE.lock().unwrap_or_else(|p| p.into_inner());
+    if dir.join("node_modules/oidc-provider/package.json").exists() {
+        return Ok(());
+    }
+    let out = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("cannot run npm (Node.js is needed): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`npm ci` in tests/authz failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
 }
 
 fn skip(why: &str) {
