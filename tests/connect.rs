@@ -250,9 +250,17 @@ async fn connect_refresh_revoke_and_reconnect_in_place() {
     assert_eq!(w.me("authz", "acme-1").await.status, 401);
 
     // Reconnect through the link from the callback: same id, active, one reactivated.
-    let (_, page) = Browser::default().visit(&reconnect, |_| false).await.page();
+    let mut browser = Browser::default();
+    let (_, confirm) = browser.visit(&reconnect, |_| false).await.page();
+    assert_eq!(confirm.status, 200);
+    assert!(String::from_utf8_lossy(&confirm.body).contains("<form method=\"post\""));
+    let (_, page) = browser.submit(&reconnect, |_| false).await.page();
     assert_eq!(page.status, 200, "{}", String::from_utf8_lossy(&page.body));
-    assert!(String::from_utf8_lossy(&page.body).contains("connected"));
+    assert!(
+        String::from_utf8_lossy(&page.body).contains("connected"),
+        "{}",
+        String::from_utf8_lossy(&page.body)
+    );
     let c = w.wait_status("acme-1", "active").await;
     assert_eq!(c["id"], "acme-1");
     assert_eq!(
@@ -267,7 +275,10 @@ async fn connect_refresh_revoke_and_reconnect_in_place() {
     assert_eq!(w.receiver.of_type("authentication_error").len(), 1);
 
     // A link works once.
-    let (_, again) = Browser::default().visit(&reconnect, |_| false).await.page();
+    let (_, again) = Browser::default()
+        .submit(&reconnect, |_| false)
+        .await
+        .page();
     assert_eq!(again.status, 410);
     assert!(String::from_utf8_lossy(&again.body).contains("already used"));
 }
@@ -286,7 +297,13 @@ async fn a_replayed_callback_is_rejected_without_a_token_call() {
     // This time through the shareable link (what an app would email), which carries return_to.
     let link = started["link"].as_str().unwrap();
     assert!(link.starts_with(&format!("http://{}/connect/", w.public)));
-    let cb = Browser::default().visit(link, callback).await.stopped();
+    // Fetching the link (as mail scanners do) does not use it up; the user's POST does.
+    let mut browser = Browser::default();
+    for _ in 0..2 {
+        let (_, confirm) = browser.visit(link, callback).await.page();
+        assert_eq!(confirm.status, 200);
+    }
+    let cb = browser.submit(link, callback).await.stopped();
     // The browser delivers the callback twice at once, then once more later.
     let target = path_and_query(&cb);
     let (a, b) = tokio::join!(get(w.public, &target), get(w.public, &target));

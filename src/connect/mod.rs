@@ -242,25 +242,16 @@ impl Connect {
         Ok(Some(links.make(req, now_ms())))
     }
 
-    /// A browser followed a connect link: use it up and start the authorization request.
+    /// Reads a connect link without using it up (what a `GET` does: mail scanners and chat
+    /// unfurlers fetch links before the user does).
+    pub fn peek_link(&self, token: &str) -> Result<ConnectRequest, ConnectError> {
+        Ok(self.read_link(token, now_ms())?.request)
+    }
+
+    /// The user confirmed a connect link: use it up and start the authorization request.
     pub async fn open_link(&self, token: &str) -> Result<String, ConnectError> {
-        let links = self
-            .links
-            .as_ref()
-            .ok_or_else(|| err(StatusCode::NOT_FOUND, "not_found", "connect links are off"))?;
         let now = now_ms();
-        let claims = links.open(token, now).map_err(|e| match e {
-            LinkError::Invalid => err(
-                StatusCode::BAD_REQUEST,
-                "invalid_link",
-                "This link is not valid: it was altered, cut short, or made by another deployment. Ask the app for a new one.",
-            ),
-            LinkError::Expired(at) => err(
-                StatusCode::GONE,
-                "link_expired",
-                format!("This link expired at {}. Ask the app for a new one.", rfc3339(at)),
-            ),
-        })?;
+        let claims = self.read_link(token, now)?;
         let first = self
             .grants
             .store()
@@ -275,6 +266,25 @@ impl Connect {
             ));
         }
         Ok(self.start(claims.request).await?.authorization_url)
+    }
+
+    fn read_link(&self, token: &str, now: i64) -> Result<link::LinkClaims, ConnectError> {
+        let links = self
+            .links
+            .as_ref()
+            .ok_or_else(|| err(StatusCode::NOT_FOUND, "not_found", "connect links are off"))?;
+        links.open(token, now).map_err(|e| match e {
+            LinkError::Invalid => err(
+                StatusCode::BAD_REQUEST,
+                "invalid_link",
+                "This link is not valid: it was altered, cut short, or made by another deployment. Ask the app for a new one.",
+            ),
+            LinkError::Expired(at) => err(
+                StatusCode::GONE,
+                "link_expired",
+                format!("This link expired at {}. Ask the app for a new one.", rfc3339(at)),
+            ),
+        })
     }
 
     /// The provider sent the browser back: validate `state`, exchange the code exactly once,

@@ -1,6 +1,8 @@
 //! The public, browser-facing listener (`connect.listen`, off by default):
-//! `GET /connect/{token}` (a connect link: redirects to the provider) and
-//! `GET /oauth/callback` (the provider's redirect back). Every response is `no-store`,
+//! `GET /connect/{token}` (a connect link: a page with one "Continue" button, so a mail
+//! scanner's or chat unfurler's fetch does not use the single-use link up), `POST
+//! /connect/{token}` (uses the link, redirects to the provider) and `GET /oauth/callback` (the
+//! provider's redirect back). Every response is `no-store`,
 //! sends no referrer (the callback URL holds a code) and cannot be framed.
 //!
 //! Owns only the HTTP surface; the flow itself is [`Connect`]'s.
@@ -66,18 +68,15 @@ impl Public {
 
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
         let path = req.uri().path();
+        if let Some(token) = path.strip_prefix("/connect/") {
+            return self.link(req.method(), token).await;
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return html(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "Not here",
                 "Only GET is served here.",
             );
-        }
-        if let Some(token) = path.strip_prefix("/connect/") {
-            return match self.connect.open_link(token).await {
-                Ok(url) => redirect(&url),
-                Err(e) => html(e.status, "Cannot connect", &e.message),
-            };
         }
         if self.callback_paths.iter().any(|p| p == path) {
             let mut query = HashMap::new();
@@ -103,6 +102,48 @@ impl Public {
     }
 }
 
+impl Public {
+    async fn link(&self, method: &Method, token: &str) -> Response<Body> {
+        let outcome = match *method {
+            Method::GET | Method::HEAD => self.connect.peek_link(token).map(|req| {
+                let action = format!("/connect/{token}");
+                confirm_page(&req.integration, &action)
+            }),
+            Method::POST => self
+                .connect
+                .open_link(token)
+                .await
+                .map(|url| redirect(&url)),
+            _ => {
+                return html(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "Not here",
+                    "Use GET or POST.",
+                )
+            }
+        };
+        outcome.unwrap_or_else(|e| html(e.status, "Cannot connect", &e.message))
+    }
+}
+
+fn confirm_page(integration: &str, action: &str) -> Response<Body> {
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Connect {i}</title></head>\
+         <body style=\"font-family:sans-serif;max-width:36em;margin:4em auto\"><h1>Connect {i}</h1>\
+         <p>You will be asked to sign in to {i} and allow access.</p>\
+         <form method=\"post\" action=\"{a}\"><button type=\"submit\">Continue</button></form></body></html>\n",
+        i = escape(integration),
+        a = escape(action)
+    );
+    secure(
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response"),
+    )
+}
+
 fn secure(mut resp: Response<Body>) -> Response<Body> {
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -117,7 +158,9 @@ fn secure(mut resp: Response<Body>) -> Response<Body> {
     );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' http: https:",
+        ),
     );
     resp
 }

@@ -154,9 +154,20 @@ impl Visit {
 impl Browser {
     /// GETs `url` and follows redirects until a page, or until `stop(next)` says so.
     pub async fn visit(&mut self, url: &str, stop: impl Fn(&url::Url) -> bool) -> Visit {
+        self.go("GET", url, stop).await
+    }
+
+    /// Submits a form (POST, no fields) to `url`, then follows redirects like `visit`.
+    pub async fn submit(&mut self, url: &str, stop: impl Fn(&url::Url) -> bool) -> Visit {
+        self.go("POST", url, stop).await
+    }
+
+    async fn go(&mut self, method: &str, url: &str, stop: impl Fn(&url::Url) -> bool) -> Visit {
         let mut url = url::Url::parse(url).unwrap();
+        let mut method = method;
         for _ in 0..20 {
-            let got = self.get(&url).await;
+            let got = self.request(method, &url).await;
+            method = "GET"; // 302/303 after a POST are followed with GET, as browsers do
             let location = got.header("location").map(str::to_string);
             match location {
                 Some(l) if (300..400).contains(&got.status) => {
@@ -177,7 +188,7 @@ impl Browser {
         panic!("more than 20 redirects");
     }
 
-    pub async fn get(&mut self, url: &url::Url) -> Got {
+    pub async fn request(&mut self, method: &str, url: &url::Url) -> Got {
         let origin = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(80));
         let jar = self.cookies.entry(origin).or_default();
         let cookie = jar
@@ -185,7 +196,7 @@ impl Browser {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join("; ");
-        let mut req = Request::get(url.as_str());
+        let mut req = Request::builder().method(method).uri(url.as_str());
         if !cookie.is_empty() {
             req = req.header("cookie", cookie);
         }
