@@ -399,6 +399,13 @@ async fn tampered_or_expired_state_and_foreign_return_to_are_refused() {
     assert_eq!(query(&to, "status").as_deref(), Some("error"));
     assert_eq!(query(&to, "error").as_deref(), Some("access_denied"));
     assert_eq!(w.connection("t-2").await["error"], "unknown_connection");
+    // Without return_to, the user gets a page that says what happened.
+    let started = w.connect_url("authz", "connection_id=t-3").await;
+    let auth_url = url::Url::parse(started["authorization_url"].as_str().unwrap()).unwrap();
+    let state = query(&auth_url, "state").unwrap();
+    let got = get(w.public, &format!("/oauth/callback?error=access_denied&state={state}")).await;
+    assert_eq!(got.status, 400);
+    assert!(String::from_utf8_lossy(&got.body).contains("did not grant access: access_denied"));
     assert_eq!(w.exchanges(), 1);
 }
 
@@ -479,6 +486,11 @@ async fn shipped_providers_authorization_urls_carry_their_extra_parameters() {
     let gh = get_url("github").await;
     assert!(query(&gh, "state").unwrap().len() >= 43, "256-bit state");
 
+    let put = serde_json::json!({"integration": "google", "credentials": {"access_token": "at"}});
+    assert_eq!(admin(g.admin, "PUT", "/v1/connections/u-g", Some(put)).await.status, 200);
+    let got = admin(g.admin, "GET", "/v1/connect/microsoft?connection_id=u-g", None).await;
+    assert_eq!(got.status, 409);
+    assert_eq!(got.json()["error"], "integration_mismatch");
     let got = admin(g.admin, "GET", "/v1/connect/hubspot", None).await;
     assert_eq!(got.status, 404);
     assert_eq!(got.json()["error"], "unknown_integration");
