@@ -59,6 +59,16 @@ rules:
 }
 
 async fn world(access_ttl: u64, connect_extra: &str, extra: &str) -> Option<World> {
+    world_on(access_ttl, connect_extra, extra, None).await
+}
+
+/// The authorization server, a callback receiver and one grantd (on `store`, if given).
+async fn world_on(
+    access_ttl: u64,
+    connect_extra: &str,
+    extra: &str,
+    store: Option<&str>,
+) -> Option<World> {
     let port = free_port();
     let redirect = format!("http://127.0.0.1:{port}/oauth/callback");
     let client = |id: &str, secret: &str, method: &str| {
@@ -76,32 +86,48 @@ async fn world(access_ttl: u64, connect_extra: &str, extra: &str) -> Option<Worl
         access_ttl,
     )?;
     let (receiver, hooks) = Receiver::start(0).await;
-    let config = format!(
-        "connect:\n  listen: 127.0.0.1:{port}\n  public_url: http://127.0.0.1:{port}\n  return_to: [\"{RETURN_TO}\"]\n{connect_extra}\
-         integrations:\n  authz:\n    client_id: grantd-basic\n    client_secret: \"{BASIC_SECRET}\"\n\
-         \x20 authzpost:\n    client_id: grantd-post\n    client_secret: \"{POST_SECRET}\"\n{}{extra}",
-        callbacks_config(hooks)
-    );
-    let g = grantd(&config)
-        .rule_file("authz.yaml", &rule_file("authz", authz.addr, "basic"))
-        .rule_file(
-            "authzpost.yaml",
-            &rule_file("authzpost", authz.addr, "body"),
-        )
-        .start();
-    let public = g
-        .app
-        .as_ref()
-        .unwrap()
-        .connect_addr
-        .expect("public listener");
-    assert_eq!(public.port(), port);
+    let extra = format!("{connect_extra}\u{0}{}{extra}", callbacks_config(hooks));
+    let g = replica(&authz, port, port, &extra, store);
+    let public = g.app.as_ref().unwrap().connect_addr.unwrap();
     Some(World {
         authz,
         g,
         public,
         receiver,
     })
+}
+
+/// One grantd whose public listener is on `listen_port` and whose public URL (what the
+/// provider redirects to, e.g. a load balancer in front of several replicas) is on
+/// `public_port`. `extra` is `connect lines \0 other config`.
+fn replica(
+    authz: &AuthzServer,
+    listen_port: u16,
+    public_port: u16,
+    extra: &str,
+    store: Option<&str>,
+) -> Grantd {
+    let (connect_extra, extra) = extra.split_once('\u{0}').unwrap_or(("", extra));
+    let config = format!(
+        "connect:\n  listen: 127.0.0.1:{listen_port}\n  public_url: http://127.0.0.1:{public_port}\n  return_to: [\"{RETURN_TO}\"]\n{connect_extra}\
+         integrations:\n  authz:\n    client_id: grantd-basic\n    client_secret: \"{BASIC_SECRET}\"\n\
+         \x20 authzpost:\n    client_id: grantd-post\n    client_secret: \"{POST_SECRET}\"\n{extra}",
+    );
+    let mut b = grantd(&config)
+        .rule_file("authz.yaml", &rule_file("authz", authz.addr, "basic"))
+        .rule_file(
+            "authzpost.yaml",
+            &rule_file("authzpost", authz.addr, "body"),
+        );
+    if let Some(store) = store {
+        b = b.store(store);
+    }
+    let g = b.start();
+    assert_eq!(
+        g.app.as_ref().unwrap().connect_addr.unwrap().port(),
+        listen_port
+    );
+    g
 }
 
 impl World {
@@ -403,7 +429,11 @@ async fn tampered_or_expired_state_and_foreign_return_to_are_refused() {
     let started = w.connect_url("authz", "connection_id=t-3").await;
     let auth_url = url::Url::parse(started["authorization_url"].as_str().unwrap()).unwrap();
     let state = query(&auth_url, "state").unwrap();
-    let got = get(w.public, &format!("/oauth/callback?error=access_denied&state={state}")).await;
+    let got = get(
+        w.public,
+        &format!("/oauth/callback?error=access_denied&state={state}"),
+    )
+    .await;
     assert_eq!(got.status, 400);
     assert!(String::from_utf8_lossy(&got.body).contains("did not grant access: access_denied"));
     assert_eq!(w.exchanges(), 1);
@@ -487,8 +517,19 @@ async fn shipped_providers_authorization_urls_carry_their_extra_parameters() {
     assert!(query(&gh, "state").unwrap().len() >= 43, "256-bit state");
 
     let put = serde_json::json!({"integration": "google", "credentials": {"access_token": "at"}});
-    assert_eq!(admin(g.admin, "PUT", "/v1/connections/u-g", Some(put)).await.status, 200);
-    let got = admin(g.admin, "GET", "/v1/connect/microsoft?connection_id=u-g", None).await;
+    assert_eq!(
+        admin(g.admin, "PUT", "/v1/connections/u-g", Some(put))
+            .await
+            .status,
+        200
+    );
+    let got = admin(
+        g.admin,
+        "GET",
+        "/v1/connect/microsoft?connection_id=u-g",
+        None,
+    )
+    .await;
     assert_eq!(got.status, 409);
     assert_eq!(got.json()["error"], "integration_mismatch");
     let got = admin(g.admin, "GET", "/v1/connect/hubspot", None).await;
@@ -523,4 +564,40 @@ async fn connect_without_a_redirect_uri_says_what_to_configure() {
         .as_str()
         .unwrap()
         .contains("connect.public_url"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_callback_may_land_on_another_replica_and_still_counts_once() {
+    let Some(store) = postgres_store_config().await else {
+        return;
+    };
+    let Some(w) = world_on(3600, "", "", Some(&store)).await else {
+        return;
+    };
+    // Replica B shares the store and the public URL (one load balancer in front of both).
+    let b = replica(&w.authz, free_port(), w.public.port(), "", Some(&store));
+    let b_public = b.app.as_ref().unwrap().connect_addr.unwrap();
+    let started = w
+        .connect_url(
+            "authz",
+            &format!("connection_id=fleet-1&return_to={RETURN_TO}"),
+        )
+        .await;
+    let cb = Browser::default()
+        .visit(started["authorization_url"].as_str().unwrap(), callback)
+        .await
+        .stopped();
+    let target = path_and_query(&cb);
+    let on_b = get(b_public, &target).await;
+    assert_eq!(on_b.status, 303, "{}", String::from_utf8_lossy(&on_b.body));
+    let on_a = get(w.public, &target).await;
+    assert_eq!(on_a.status, 409, "the state was used on the other replica");
+    assert_eq!(w.exchanges(), 0);
+    assert_eq!(b.app.as_ref().unwrap().connect.exchanges(), 1);
+    assert_eq!(w.authz.token_calls("authorization_code").await, 1);
+    assert_eq!(
+        w.me("authz", "fleet-1").await.status,
+        200,
+        "replica A serves it"
+    );
 }

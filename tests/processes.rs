@@ -156,7 +156,7 @@ async fn a_killed_lease_holder_is_taken_over_after_the_lease_deadline() {
 
 #[tokio::test]
 async fn a_killed_lease_holder_is_taken_over_on_postgres_too() {
-    let Some(store) = postgres_store_config().await else {
+    let Some(store) = common::postgres_store_config().await else {
         return;
     };
     killed_lease_holder_is_taken_over(Some(&store)).await
@@ -300,38 +300,6 @@ async fn an_event_survives_kill_9_between_transition_and_delivery() {
     drop(b);
 }
 
-/// A fresh PostgreSQL schema for one test, or `None` (skipped loudly) when PostgreSQL is not
-/// reachable outside CI.
-async fn postgres_store_config() -> Option<String> {
-    use sqlx::Connection as _;
-    let url = std::env::var("GRANTD_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    match sqlx::PgConnection::connect(&url).await {
-        Ok(c) => drop(c),
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("CI must run the fleet tests: {e}")
-        }
-        Err(e) => {
-            eprintln!("\n*** SKIPPED fleet test: PostgreSQL unreachable ({e}).\n*** Start it on 127.0.0.1:5432 (trust auth, database test) or set GRANTD_TEST_POSTGRES.\n");
-            return None;
-        }
-    }
-    let schema = format!(
-        "fleet_{}_{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos() % 1_000_000 + rand_suffix()
-    );
-    Some(format!("store: {{ url: \"{url}\", schema: {schema} }}\n"))
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-        % 1_000_000_000
-}
-
 /// `write_config` with the store replaced by PostgreSQL.
 fn write_fleet_config(dir: &Path, p: &Provider, store: &str, extra: &str) -> std::path::PathBuf {
     let path = write_config(dir, p, extra);
@@ -344,7 +312,7 @@ fn write_fleet_config(dir: &Path, p: &Provider, store: &str, extra: &str) -> std
 
 #[tokio::test]
 async fn three_replicas_on_postgres_make_one_token_call_for_3000_requests() {
-    let Some(store) = postgres_store_config().await else {
+    let Some(store) = common::postgres_store_config().await else {
         return;
     };
     let p = Provider::start().await;
@@ -389,7 +357,7 @@ async fn three_replicas_on_postgres_make_one_token_call_for_3000_requests() {
 
 #[tokio::test]
 async fn three_replicas_on_postgres_deliver_one_event_for_one_transition() {
-    let Some(store) = postgres_store_config().await else {
+    let Some(store) = common::postgres_store_config().await else {
         return;
     };
     let p = Provider::start().await;
@@ -429,7 +397,7 @@ async fn three_replicas_on_postgres_deliver_one_event_for_one_transition() {
 
 #[tokio::test]
 async fn three_replicas_refresh_a_thousand_due_connections_once_each_within_the_cap() {
-    let Some(store) = postgres_store_config().await else {
+    let Some(store) = common::postgres_store_config().await else {
         return;
     };
     let p = Provider::start().await;

@@ -303,3 +303,35 @@ pub async fn raw(addr: SocketAddr, request: &str) -> String {
     .await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A fresh PostgreSQL schema for one test, or `None` (skipped loudly) when PostgreSQL is not
+/// reachable outside CI.
+pub async fn postgres_store_config() -> Option<String> {
+    use sqlx::Connection as _;
+    let url = std::env::var("GRANTD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    match sqlx::PgConnection::connect(&url).await {
+        Ok(c) => drop(c),
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI must run the fleet tests: {e}")
+        }
+        Err(e) => {
+            eprintln!("\n*** SKIPPED fleet test: PostgreSQL unreachable ({e}).\n*** Start it on 127.0.0.1:5432 (trust auth, database test) or set GRANTD_TEST_POSTGRES.\n");
+            return None;
+        }
+    }
+    let schema = format!(
+        "fleet_{}_{}",
+        std::process::id(),
+        std::time::Instant::now().elapsed().as_nanos() % 1_000_000 + rand_suffix()
+    );
+    Some(format!("store: {{ url: \"{url}\", schema: {schema} }}\n"))
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_000
+}
