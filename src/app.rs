@@ -65,14 +65,7 @@ impl App {
         let connect_keys = Arc::new(
             Keyring::new(&encryption.key, &encryption.previous_keys).map_err(anyhow::Error::msg)?,
         );
-        let links = match (&config.connect.listen, &config.connect.public_url) {
-            (Some(_), Some(public_url)) => Some(Arc::new(Links::new(
-                connect_keys.clone(),
-                public_url,
-                config.connect.link_ttl,
-            ))),
-            _ => None,
-        };
+        let links = Links::new(connect_keys.clone(), &config.connect).map(Arc::new);
         outbox.reconnect = links
             .clone()
             .map(|l| l as Arc<dyn crate::callbacks::events::ReconnectLinks>);

@@ -326,6 +326,10 @@ pub struct ConnectConfig {
     /// must start with the prefix's path at a `/` boundary).
     #[serde(default)]
     pub return_to: Vec<String>,
+    /// Where a user who followed an event's `reconnect_url` lands afterwards (must be allowed
+    /// by `return_to`). Without it they see a "connected" page.
+    #[serde(default)]
+    pub reconnect_return_to: Option<String>,
     /// How long an authorization request (`state`) stays valid.
     #[serde(with = "humantime_serde", default = "d10m")]
     pub state_ttl: Duration,
@@ -341,6 +345,7 @@ impl Default for ConnectConfig {
             public_url: None,
             redirect_uri: None,
             return_to: Vec::new(),
+            reconnect_return_to: None,
             state_ttl: d10m(),
             link_ttl: d7d(),
         }
@@ -373,6 +378,13 @@ impl ConnectConfig {
         }
         for (i, r) in self.return_to.iter().enumerate() {
             absolute(&format!("connect.return_to[{i}]"), r)?;
+        }
+        if let Some(r) = &self.reconnect_return_to {
+            if !crate::connect::allowed(r, &self.return_to) {
+                return Err(format!(
+                    "connect.reconnect_return_to: `{r}` is not under any connect.return_to prefix"
+                ));
+            }
         }
         if self.listen.is_some() && self.public_url.is_none() {
             return Err("connect.public_url is required with connect.listen: links and the redirect URI are built from it".into());
@@ -829,6 +841,30 @@ mod tests {
         assert!(
             e.contains("max_buffered_body") && e.contains("parsecs"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn connect_urls_are_checked_at_startup() {
+        let bad = [
+            ("connect: { listen: 127.0.0.1:4182 }", "connect.public_url is required"),
+            ("connect: { public_url: /relative }", "connect.public_url: `/relative` is not a URL"),
+            ("connect: { return_to: [\"ftp://x/\"] }", "connect.return_to[0]"),
+            (
+                "connect: { return_to: [\"https://app.example/a\"], reconnect_return_to: \"https://app.example/b\" }",
+                "connect.reconnect_return_to",
+            ),
+            ("integrations: { x: { redirect_uri: nope } }", "integrations.x.redirect_uri"),
+        ];
+        for (text, expected) in bad {
+            let e = Config::parse(text, &env).unwrap_err();
+            assert!(e.contains(expected), "{text}: {e}");
+        }
+        let ok = "connect: { listen: 127.0.0.1:0, public_url: \"https://c.example\" }";
+        let c = Config::parse(ok, &env).unwrap();
+        assert_eq!(
+            c.connect.default_redirect_uri().as_deref(),
+            Some("https://c.example/oauth/callback")
         );
     }
 

@@ -198,7 +198,7 @@ fn query(u: &url::Url, key: &str) -> Option<String> {
 async fn connect_refresh_revoke_and_reconnect_in_place() {
     let Some(w) = world(
         3,
-        "",
+        &format!("  reconnect_return_to: {RETURN_TO}/reconnected\n"),
         "refresh: { window_min: 1s, window_max: 2s, scan_interval: 200ms, expiry_margin: 0s }\n",
     )
     .await
@@ -280,12 +280,12 @@ async fn connect_refresh_revoke_and_reconnect_in_place() {
     let (_, confirm) = browser.visit(&reconnect, |_| false).await.page();
     assert_eq!(confirm.status, 200);
     assert!(String::from_utf8_lossy(&confirm.body).contains("<form method=\"post\""));
-    let (_, page) = browser.submit(&reconnect, |_| false).await.page();
-    assert_eq!(page.status, 200, "{}", String::from_utf8_lossy(&page.body));
-    assert!(
-        String::from_utf8_lossy(&page.body).contains("connected"),
-        "{}",
-        String::from_utf8_lossy(&page.body)
+    let back = browser.submit(&reconnect, app_test).await.stopped();
+    assert_eq!(back.path(), "/settings/integrations/reconnected", "{back}");
+    assert_eq!(
+        query(&back, "status").as_deref(),
+        Some("connected"),
+        "{back}"
     );
     let c = w.wait_status("acme-1", "active").await;
     assert_eq!(c["id"], "acme-1");

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ConnectRequest;
 use crate::callbacks::events::ReconnectLinks;
+use crate::config::ConnectConfig;
 use crate::grants::crypto::Keyring;
 
 const AAD: &str = "grantd-connect-link";
@@ -22,6 +23,8 @@ pub struct Links {
     /// `{public_url}/connect/`
     base: String,
     ttl: Duration,
+    /// Where reconnect links send the user afterwards.
+    reconnect_return_to: Option<String>,
 }
 
 /// What a link carries.
@@ -41,12 +44,15 @@ pub enum LinkError {
 }
 
 impl Links {
-    pub fn new(keys: Arc<Keyring>, public_url: &str, ttl: Duration) -> Links {
-        Links {
+    pub fn new(keys: Arc<Keyring>, config: &ConnectConfig) -> Option<Links> {
+        let public_url = config.public_url.as_ref()?;
+        config.listen?;
+        Some(Links {
             keys,
             base: format!("{}/connect/", public_url.trim_end_matches('/')),
-            ttl,
-        }
+            ttl: config.link_ttl,
+            reconnect_return_to: config.reconnect_return_to.clone(),
+        })
     }
 
     /// The link's URL and its expiry (unix ms).
@@ -82,6 +88,7 @@ impl ReconnectLinks for Links {
         let request = ConnectRequest {
             integration: integration.to_string(),
             connection_id: Some(connection_id.to_string()),
+            return_to: self.reconnect_return_to.clone(),
             ..ConnectRequest::default()
         };
         self.make(&request, now).0
@@ -92,13 +99,18 @@ impl ReconnectLinks for Links {
 mod tests {
     use super::*;
 
+    fn config(ttl: u64) -> ConnectConfig {
+        ConnectConfig {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            public_url: Some("https://c.example/".into()),
+            link_ttl: std::time::Duration::from_secs(ttl),
+            ..ConnectConfig::default()
+        }
+    }
+
     fn links(ttl: u64) -> Links {
         let keys = Keyring::new(crate::app::EXAMPLE_KEY, &[]).unwrap();
-        Links::new(
-            Arc::new(keys),
-            "https://c.example/",
-            Duration::from_secs(ttl),
-        )
+        Links::new(Arc::new(keys), &config(ttl)).unwrap()
     }
 
     fn token(url: &str) -> &str {
@@ -137,11 +149,7 @@ mod tests {
         assert_eq!(l.open(&altered, 1), Err(LinkError::Invalid));
         assert_eq!(l.open("garbage", 1), Err(LinkError::Invalid));
         let other = Keyring::new("b3RoZXIta2V5LW90aGVyLWtleS1vdGhlci1rZXktMzI=", &[]).unwrap();
-        let foreign = Links::new(
-            Arc::new(other),
-            "https://c.example",
-            Duration::from_secs(60),
-        );
+        let foreign = Links::new(Arc::new(other), &config(60)).unwrap();
         let (url, _) = foreign.make(&ConnectRequest::default(), 0);
         assert_eq!(l.open(token(&url), 1), Err(LinkError::Invalid));
     }
