@@ -88,6 +88,7 @@ impl Admin {
         let method = req.method().clone();
         match (method, segments.as_slice()) {
             (Method::GET, ["v1", "integrations"]) => self.integrations().await,
+            (Method::POST, ["v1", "connect", "callback"]) => self.relay(req).await,
             (Method::GET, ["v1", "connect", integration]) => {
                 self.connect(integration, req.uri().query()).await
             }
@@ -214,6 +215,50 @@ impl Admin {
                 ok(StatusCode::OK, &body)
             }
             Err(e) => fail(e.status, e.code, &e.message),
+        }
+    }
+
+    /// The app hosts the redirect URI and relays the provider's query string here (as the
+    /// body, or as this request's query).
+    async fn relay(&self, req: Request<Incoming>) -> Response<Body> {
+        let query = req.uri().query().unwrap_or("").to_string();
+        let body = match Limited::new(req.into_body(), 16 * 1024).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return fail(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "limit 16 KiB",
+                )
+            }
+        };
+        let text = if body.is_empty() {
+            query.as_bytes()
+        } else {
+            &body[..]
+        };
+        let mut params = std::collections::HashMap::new();
+        for (k, v) in form_urlencoded::parse(text.strip_prefix(b"?").unwrap_or(text)) {
+            params
+                .entry(k.into_owned())
+                .or_insert_with(|| v.into_owned());
+        }
+        let done = match self.connect.complete(&params).await {
+            Ok(done) => done,
+            Err(e) => return fail(e.status, e.code, &e.message),
+        };
+        let mut body = json!({"connection_id": done.state.connection_id,
+                              "integration": done.state.integration, "return_to": done.return_to});
+        match done.outcome {
+            Ok(()) => {
+                body["status"] = json!("connected");
+                ok(StatusCode::OK, &body)
+            }
+            Err(e) => {
+                body["error"] = json!(e.code);
+                body["message"] = json!(e.message);
+                ok(e.status, &body)
+            }
         }
     }
 

@@ -601,3 +601,59 @@ async fn on_postgresql_a_callback_may_land_on_another_replica_and_still_counts_o
         "replica A serves it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_hosting_the_redirect_uri_relays_the_callback_through_the_admin_api() {
+    const APP_CALLBACK: &str = "http://app.test/oauth/callback";
+    let Some(authz) = AuthzServer::start(
+        serde_json::json!([{
+            "client_id": "grantd-basic", "client_secret": BASIC_SECRET, "redirect_uris": [APP_CALLBACK],
+            "token_endpoint_auth_method": "client_secret_basic",
+            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
+        }]),
+        3600,
+    ) else {
+        return;
+    };
+    let g = grantd(&format!(
+        "connect:\n  redirect_uri: {APP_CALLBACK}\n\
+         integrations:\n  authz:\n    client_id: grantd-basic\n    client_secret: \"{BASIC_SECRET}\"\n"
+    ))
+    .rule_file("authz.yaml", &rule_file("authz", authz.addr, "basic"))
+    .start();
+    assert!(
+        g.app.as_ref().unwrap().connect_addr.is_none(),
+        "no public listener"
+    );
+    let got = admin(
+        g.admin,
+        "GET",
+        "/v1/connect/authz?connection_id=relay-1",
+        None,
+    )
+    .await;
+    let started = got.json();
+    assert!(started.get("link").is_none());
+    let at_app = Browser::default()
+        .visit(started["authorization_url"].as_str().unwrap(), app_test)
+        .await
+        .stopped();
+    assert_eq!(at_app.path(), "/oauth/callback");
+    let relay = format!("/v1/connect/callback?{}", at_app.query().unwrap());
+    let got = admin(g.admin, "POST", &relay, None).await;
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    assert_eq!(got.json()["status"], "connected");
+    assert_eq!(got.json()["connection_id"], "relay-1");
+    let again = admin(g.admin, "POST", &relay, None).await;
+    assert_eq!(again.status, 409);
+    assert_eq!(again.json()["error"], "state_used");
+    assert_eq!(authz.token_calls("authorization_code").await, 1);
+    let me = send(
+        Request::get(format!("http://{}/authz/me", g.addr))
+            .header("grantd-connection", "relay-1")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(me.status, 200);
+}

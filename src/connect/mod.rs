@@ -71,6 +71,15 @@ pub struct Started {
     pub expires_at: String,
 }
 
+/// A callback whose state was valid, and how it went.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    pub state: ConnectState,
+    /// The request's `return_to`, if it is still allowed.
+    pub return_to: Option<String>,
+    pub outcome: Result<(), ConnectError>,
+}
+
 /// How a callback ends for the browser.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finished {
@@ -290,40 +299,47 @@ impl Connect {
     /// The provider sent the browser back: validate `state`, exchange the code exactly once,
     /// store the tokens on the connection, and say where the browser goes next.
     pub async fn callback(&self, query: &HashMap<String, String>) -> Finished {
-        let state = match self.take_state(query).await {
-            Ok(s) => s,
-            Err(e) => return page(e),
-        };
+        match self.complete(query).await {
+            Err(e) => page(e),
+            Ok(done) => finished(done.outcome, done.return_to.as_deref(), &done.state),
+        }
+    }
+
+    /// `Err`: the state itself was bad (nothing is known about the request). `Ok`: the state
+    /// was taken, and `outcome` says how the rest went. Also what `POST /v1/connect/callback`
+    /// runs for an app that hosts the redirect URI itself and relays the query.
+    pub async fn complete(
+        &self,
+        query: &HashMap<String, String>,
+    ) -> Result<Completed, ConnectError> {
+        let state = self.take_state(query).await?;
         let return_to = state.detail["return_to"]
             .as_str()
             .filter(|r| allowed(r, &self.config.return_to))
             .map(str::to_string);
-        let finish =
-            |outcome: Result<(), ConnectError>| finished(outcome, return_to.as_deref(), &state);
-        if let Some(code) = query.get("error") {
+        let outcome = if let Some(code) = query.get("error") {
             let description = query.get("error_description").map_or("", String::as_str);
-            return finish(
-                Err(err(
-                    StatusCode::BAD_REQUEST,
-                    "authorization_denied",
-                    format!("The provider did not grant access: {code} {description}")
-                        .trim_end()
-                        .to_string(),
-                ))
-                .map_err(|mut e| {
-                    e.code = provider_code(code);
-                    e
-                }),
-            );
-        }
-        let Some(code) = query.get("code").filter(|c| !c.is_empty()) else {
-            return finish(Err(err(
+            let message = format!("The provider did not grant access: {code} {description}");
+            Err(err(
                 StatusCode::BAD_REQUEST,
-                "missing_code",
-                "The provider sent no authorization code.",
-            )));
+                provider_code(code),
+                message.trim_end(),
+            ))
+        } else {
+            match query.get("code").filter(|c| !c.is_empty()) {
+                Some(code) => self.exchange(&state, code).await,
+                None => Err(err(
+                    StatusCode::BAD_REQUEST,
+                    "missing_code",
+                    "The provider sent no authorization code.",
+                )),
+            }
         };
-        finish(self.exchange(&state, code).await)
+        Ok(Completed {
+            state,
+            return_to,
+            outcome,
+        })
     }
 
     async fn take_state(
