@@ -5,14 +5,12 @@
 //! It must never return or log a token: it serves [`ConnectionView`]s only.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -52,24 +50,13 @@ impl Admin {
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        loop {
-            let (stream, _) = tokio::select! {
-                accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
-                _ = stop.wait_for(|s| *s) => return,
-            };
+        crate::listener::serve(listener, stop, move |req| {
             let admin = self.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+            async move { admin.handle(req).await }
+        })
+        .await
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod connect;
 pub mod grants;
 pub mod inject;
+pub mod listener;
 pub mod proxy;
 pub mod rules;
 pub mod store;

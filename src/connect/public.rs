@@ -8,13 +8,11 @@
 //! Owns only the HTTP surface; the flow itself is [`Connect`]'s.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use super::{Connect, Finished};
@@ -46,24 +44,13 @@ impl Public {
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        loop {
-            let (stream, _) = tokio::select! {
-                accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
-                _ = stop.wait_for(|s| *s) => return,
-            };
+        crate::listener::serve(listener, stop, move |req| {
             let public = self.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let public = public.clone();
-                    async move { Ok::<_, Infallible>(public.handle(req).await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+            async move { public.handle(req).await }
+        })
+        .await
     }
 
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {

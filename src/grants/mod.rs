@@ -272,44 +272,13 @@ impl Grants {
             (None, None) => None,
         };
         let previous = self.store.get(id).await?;
-        let mut row = Row {
-            id: id.to_string(),
-            integration: req.integration.clone(),
-            status: Status::Active,
-            key_id: String::new(),
-            access_token: None,
-            refresh_token: None,
-            expires_at,
-            scopes: c.scopes.as_ref().map(|s| s.join(" ")).unwrap_or_default(),
-            metadata: serde_json::Value::Object(req.metadata),
-            version: 0,
-            lease_owner: None,
-            lease_until: None,
-            refresh_failures: 0,
-            next_attempt_at: None,
-            last_error: None,
-            created_at: previous.as_ref().map_or(now, |p| p.created_at),
-            updated_at: now,
-        };
+        let mut row = active_row(id, &req.integration, previous.as_ref(), now);
+        row.expires_at = expires_at;
+        row.scopes = c.scopes.as_ref().map(|s| s.join(" ")).unwrap_or_default();
+        row.metadata = serde_json::Value::Object(req.metadata);
         self.seal_into(&mut row, c.access_token.as_ref(), c.refresh_token.as_ref());
-        let transition = match previous.as_ref().map(|p| p.status) {
-            Some(Status::Active) => None,
-            from => Some(Transition {
-                from,
-                to: Status::Active,
-                cause: if from.is_some() {
-                    "credentials_updated"
-                } else {
-                    "created"
-                }
-                .into(),
-                detail: serde_json::json!({}),
-            }),
-        };
-        let stored = self.store.put(row, transition).await?;
-        self.forget(id);
-        self.remember(self.open(&stored)?);
-        Ok(view(&stored))
+        self.replace(row, previous.as_ref(), "credentials_updated")
+            .await
     }
 
     /// Stores what an authorization-code exchange returned on connection `id`, in place:
@@ -331,28 +300,12 @@ impl Grants {
             Some(p) => self.open(p)?.refresh_token,
             None => None,
         };
-        let mut row = Row {
-            id: id.to_string(),
-            integration: integration.to_string(),
-            status: Status::Active,
-            key_id: String::new(),
-            access_token: None,
-            refresh_token: None,
-            expires_at: None,
-            // Replaced by the response's `scope` when it has one.
-            scopes: requested_scopes.to_string(),
-            metadata: previous
-                .as_ref()
-                .map_or_else(|| serde_json::json!({}), |p| p.metadata.clone()),
-            version: 0,
-            lease_owner: None,
-            lease_until: None,
-            refresh_failures: 0,
-            next_attempt_at: None,
-            last_error: None,
-            created_at: previous.as_ref().map_or(now, |p| p.created_at),
-            updated_at: now,
-        };
+        let mut row = active_row(id, integration, previous.as_ref(), now);
+        // Replaced by the response's `scope` when it has one.
+        row.scopes = requested_scopes.to_string();
+        if let Some(p) = &previous {
+            row.metadata = p.metadata.clone();
+        }
         token::apply_tokens(
             self,
             &mut row,
@@ -361,22 +314,29 @@ impl Grants {
             default_lifetime,
             now,
         );
-        let transition = match previous.as_ref().map(|p| p.status) {
+        self.replace(row, previous.as_ref(), "reauthorized").await
+    }
+
+    /// Writes a new `active` row over `previous` (if any), recording how it became active:
+    /// `created`, or `cause` when it was not active before.
+    async fn replace(
+        &self,
+        row: Row,
+        previous: Option<&Row>,
+        cause: &str,
+    ) -> Result<ConnectionView, GrantError> {
+        let transition = match previous.map(|p| p.status) {
             Some(Status::Active) => None,
             from => Some(Transition {
                 from,
                 to: Status::Active,
-                cause: if from.is_some() {
-                    "reauthorized"
-                } else {
-                    "created"
-                }
-                .into(),
+                cause: if from.is_some() { cause } else { "created" }.into(),
                 detail: serde_json::json!({}),
             }),
         };
+        let id = row.id.clone();
         let stored = self.store.put(row, transition).await?;
-        self.forget(id);
+        self.forget(&id);
         self.remember(self.open(&stored)?);
         Ok(view(&stored))
     }
@@ -437,6 +397,29 @@ impl Grants {
         let deleted = self.store.delete(id).await?;
         self.forget(id);
         Ok(deleted)
+    }
+}
+
+/// A fresh `active` row with no tokens, keeping `previous`'s creation time.
+fn active_row(id: &str, integration: &str, previous: Option<&Row>, now: i64) -> Row {
+    Row {
+        id: id.to_string(),
+        integration: integration.to_string(),
+        status: Status::Active,
+        key_id: String::new(),
+        access_token: None,
+        refresh_token: None,
+        expires_at: None,
+        scopes: String::new(),
+        metadata: serde_json::json!({}),
+        version: 0,
+        lease_owner: None,
+        lease_until: None,
+        refresh_failures: 0,
+        next_attempt_at: None,
+        last_error: None,
+        created_at: previous.map_or(now, |p| p.created_at),
+        updated_at: now,
     }
 }
 
