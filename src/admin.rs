@@ -18,6 +18,7 @@ use crate::connect::{Connect, ConnectRequest};
 use crate::grants::refresh::Refresher;
 use crate::grants::{ConnectionView, GrantError, Grants, PutConnection};
 use crate::store::{ListQuery, Status};
+use crate::template::Urls;
 
 type Body = Full<Bytes>;
 
@@ -26,17 +27,24 @@ pub struct Admin {
     refresher: Arc<Refresher>,
     connect: Arc<Connect>,
     token_digest: Vec<u8>,
-    integrations: BTreeMap<String, bool>,
+    integrations: BTreeMap<String, Known>,
+}
+
+/// What the admin API knows of an integration.
+pub struct Known {
+    pub oauth_client: bool,
+    /// What connection metadata must fit (checked before it is stored).
+    pub urls: Arc<Urls>,
 }
 
 impl Admin {
-    /// `integrations` maps every known integration to whether it has an OAuth client.
+    /// `integrations`: every integration the proxy routes.
     pub fn new(
         grants: Arc<Grants>,
         refresher: Arc<Refresher>,
         connect: Arc<Connect>,
         token: &str,
-        integrations: BTreeMap<String, bool>,
+        integrations: BTreeMap<String, Known>,
     ) -> Admin {
         Admin {
             grants,
@@ -50,9 +58,10 @@ impl Admin {
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        config: crate::config::ServerConfig,
         stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        crate::listener::serve(listener, stop, move |req| {
+        crate::listener::serve(listener, &config, stop, move |req| {
             let admin = self.clone();
             async move { admin.handle(req).await }
         })
@@ -143,7 +152,7 @@ impl Admin {
             Ok(p) => p,
             Err(message) => return fail(StatusCode::BAD_REQUEST, "invalid_body", &message),
         };
-        if !self.integrations.contains_key(&put.integration) {
+        let Some(known) = self.integrations.get(&put.integration) else {
             let known: Vec<&str> = self.integrations.keys().map(String::as_str).collect();
             let message = format!(
                 "no integration `{}`; known: {}",
@@ -151,6 +160,9 @@ impl Admin {
                 known.join(", ")
             );
             return fail(StatusCode::BAD_REQUEST, "unknown_integration", &message);
+        };
+        if let Err(message) = known.urls.check(&put.metadata) {
+            return fail(StatusCode::BAD_REQUEST, "invalid_metadata", &message);
         }
         match self.grants.put(id, put).await {
             Ok(view) => ok(StatusCode::OK, &to_json(&view)),
@@ -391,14 +403,14 @@ impl Admin {
         let list: Vec<serde_json::Value> = self
             .integrations
             .iter()
-            .map(|(name, oauth)| {
+            .map(|(name, known)| {
                 let mut by_status = json!({"active": 0, "needs_reauth": 0, "config_error": 0});
                 for (i, status, n) in &counts {
                     if i == name {
                         by_status[status.as_str()] = json!(n);
                     }
                 }
-                json!({"integration": name, "oauth_client": oauth, "connections": by_status})
+                json!({"integration": name, "oauth_client": known.oauth_client, "connections": by_status})
             })
             .collect();
         ok(StatusCode::OK, &json!({"integrations": list}))

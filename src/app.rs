@@ -71,7 +71,7 @@ impl App {
             .map(|l| l as Arc<dyn crate::callbacks::events::ReconnectLinks>);
         let store = control.block_on(open_store(&config.store, outbox))?;
         let grants = Arc::new(Grants::new(store.clone(), keys, config.store.cache_ttl));
-        let clients = oauth_clients(config, &rule_sets);
+        let clients = oauth_clients(config, &rule_sets)?;
         let tls = upstream::tls_config(&config.upstream)?;
         let token_client = upstream::client(&config.upstream, tls.clone());
         let refresher = Arc::new(Refresher::new(
@@ -101,8 +101,12 @@ impl App {
         let admin_addr = match &config.admin.token {
             Some(token) if !token.is_empty() => {
                 let integrations = proxy
-                    .integrations()
-                    .map(|n| (n.to_string(), clients.contains_key(n)))
+                    .urls()
+                    .into_iter()
+                    .map(|(name, urls)| {
+                        let oauth_client = clients.contains_key(&name);
+                        (name, crate::admin::Known { oauth_client, urls })
+                    })
                     .collect();
                 let admin = Arc::new(Admin::new(
                     grants.clone(),
@@ -115,7 +119,7 @@ impl App {
                     .block_on(tokio::net::TcpListener::bind(config.admin.listen))
                     .with_context(|| format!("cannot listen on {} (admin)", config.admin.listen))?;
                 let addr = listener.local_addr()?;
-                control.spawn(admin.serve(listener, stop_rx.clone()));
+                control.spawn(admin.serve(listener, config.server.clone(), stop_rx.clone()));
                 Some(addr)
             }
             _ => {
@@ -133,7 +137,7 @@ impl App {
                     .block_on(tokio::net::TcpListener::bind(addr))
                     .with_context(|| format!("cannot listen on {addr} (connect.listen)"))?;
                 let bound = listener.local_addr()?;
-                control.spawn(public.serve(listener, stop_rx.clone()));
+                control.spawn(public.serve(listener, config.server.clone(), stop_rx.clone()));
                 Some(bound)
             }
             None => None,

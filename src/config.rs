@@ -37,6 +37,10 @@ pub struct Config {
     pub max_buffered_body: ByteSize,
     #[serde(default)]
     pub upstream: UpstreamConfig,
+    /// How long clients of every listener (proxy, admin, connect) may stall, and how many
+    /// may be connected at once.
+    #[serde(default)]
+    pub server: ServerConfig,
     #[serde(default)]
     pub evaluation: EvaluationConfig,
     #[serde(default)]
@@ -71,9 +75,43 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle_per_host: usize,
+    /// Longest pause inside a provider's response body; past it the response is cut off
+    /// (or, when a rule was reading it, answered with 504).
+    #[serde(with = "humantime_serde", default = "d30")]
+    pub body_timeout: Duration,
     /// Extra PEM CA bundle trusted in addition to the webpki and native roots.
     #[serde(default)]
     pub ca_bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// A client must send a request's headers within this; an HTTP/1 keep-alive connection
+    /// idle this long is closed too.
+    #[serde(with = "humantime_serde", default = "d30")]
+    pub header_timeout: Duration,
+    /// Longest pause inside a client's request body; past it the client gets 408 and nothing
+    /// more is sent upstream.
+    #[serde(with = "humantime_serde", default = "d30")]
+    pub body_timeout: Duration,
+    /// Open client connections per listener; more wait in the kernel's backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            header_timeout: d30(),
+            body_timeout: d30(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_max_connections() -> usize {
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -460,6 +498,12 @@ pub struct IntegrationConfig {
     /// Replaces the rule file's `auth.token_url`.
     #[serde(default)]
     pub token_url: Option<String>,
+    /// Replaces the rule file's `allowed_hosts` (where templated URLs may point).
+    #[serde(default)]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Replaces the rule file's `allow_http` (plain-http templated URLs, for local tests).
+    #[serde(default)]
+    pub allow_http: Option<bool>,
     #[serde(default)]
     pub client_id: Option<String>,
     #[serde(default)]
@@ -480,6 +524,8 @@ impl std::fmt::Debug for IntegrationConfig {
         f.debug_struct("IntegrationConfig")
             .field("base_url", &self.base_url)
             .field("token_url", &self.token_url)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("allow_http", &self.allow_http)
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret.as_ref().map(|_| "***"))
             .field("authorize_url", &self.authorize_url)
@@ -496,6 +542,7 @@ impl Default for UpstreamConfig {
             request_timeout: default_request_timeout(),
             pool_idle_timeout: default_pool_idle_timeout(),
             pool_max_idle_per_host: default_pool_max_idle(),
+            body_timeout: d30(),
             ca_bundle: None,
         }
     }
@@ -519,6 +566,7 @@ impl Default for Config {
             rules_dir: default_rules_dir(),
             max_buffered_body: default_max_buffered_body(),
             upstream: UpstreamConfig::default(),
+            server: ServerConfig::default(),
             evaluation: EvaluationConfig::default(),
             log: LogConfig::default(),
             store: StoreConfig::default(),
@@ -664,6 +712,16 @@ impl Config {
         }
         if r.max_concurrent_per_integration == 0 {
             return Err("refresh.max_concurrent_per_integration must be at least 1".into());
+        }
+        let s = &self.server;
+        if s.header_timeout.is_zero()
+            || s.body_timeout.is_zero()
+            || self.upstream.body_timeout.is_zero()
+        {
+            return Err("server.header_timeout, server.body_timeout and upstream.body_timeout must be greater than 0".into());
+        }
+        if s.max_connections == 0 {
+            return Err("server.max_connections must be at least 1".into());
         }
         if self.evaluation.timeout.is_zero() {
             return Err("evaluation.timeout: must be greater than 0".into());

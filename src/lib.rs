@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod body;
 pub mod callbacks;
 pub mod cli;
 pub mod config;
@@ -18,4 +19,5 @@ pub mod proxy;
 pub mod rules;
 pub mod store;
 pub mod telemetry;
+pub mod template;
 pub mod upstream;

@@ -7,8 +7,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -19,7 +17,7 @@ use rustls_pki_types::CertificateDer;
 
 use crate::config::UpstreamConfig;
 
-pub type RequestBody = BoxBody<Bytes, hyper::Error>;
+pub type RequestBody = crate::body::Body;
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
 /// The TLS client configuration: built once at startup (it loads the roots and checks the

@@ -557,7 +557,7 @@ async fn templated_base_urls_and_query_injection_follow_the_rule_file() {
     let rules = oauth::RULES
         .replace(
             "base_url: http://127.0.0.1:1",
-            "base_url: \"http://{metadata.host}/tenant\"",
+            "base_url: \"http://{metadata.host}/tenant\"\nallowed_hosts: [\"127.0.0.1:*\"]\nallow_http: true",
         )
         .replace(
             "  client_auth: basic\n",

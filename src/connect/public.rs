@@ -44,9 +44,10 @@ impl Public {
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        config: crate::config::ServerConfig,
         stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        crate::listener::serve(listener, stop, move |req| {
+        crate::listener::serve(listener, &config, stop, move |req| {
             let public = self.clone();
             async move { public.handle(req).await }
         })

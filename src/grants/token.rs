@@ -16,13 +16,16 @@ use super::{Grants, Secret};
 use crate::rules::file::{AuthSpec, CapturedResponse, ClientAuth, RequestSpec};
 use crate::rules::{check::evaluate_captured, Action, Endpoint, Outcome as RuleOutcome, RuleSet};
 use crate::store::{Row, Status};
+use crate::template::{Hosts, Template};
 use crate::upstream::UpstreamClient;
 
 /// One integration's OAuth client: the rule file's `auth` plus the deployment's credentials.
 #[derive(Debug, Clone)]
 pub struct OAuthClient {
     pub auth: AuthSpec,
-    pub token_url: String,
+    pub token_url: Template,
+    /// Where the templated token URL may point.
+    pub hosts: Hosts,
     pub authorize_url: Option<String>,
     /// The integration's own redirect URI, if it has one (else `connect.redirect_uri`).
     pub redirect_uri: Option<String>,
@@ -102,7 +105,7 @@ fn token_request(
     grant: &[(&str, &str)],
     metadata: &serde_json::Value,
 ) -> Result<Request<crate::upstream::RequestBody>, String> {
-    let url = crate::proxy::fill_template(&client.token_url, metadata, false)?;
+    let url = client.token_url.fill(metadata, &client.hosts)?;
     let mut form = form_urlencoded::Serializer::new(String::new());
     for (k, v) in grant {
         form.append_pair(k, v);
@@ -304,7 +307,7 @@ fn parse_fields(
 pub fn oauth_clients(
     config: &crate::config::Config,
     sets: &BTreeMap<String, RuleSet>,
-) -> HashMap<String, OAuthClient> {
+) -> anyhow::Result<HashMap<String, OAuthClient>> {
     let mut out = HashMap::new();
     for (name, set) in sets {
         let Some(auth) = &set.auth else { continue };
@@ -316,13 +319,17 @@ pub fn oauth_clients(
             tracing::info!(integration = %name, "no client_id configured: its connections will not be refreshed");
             continue;
         };
+        let urls = set.urls(over).map_err(anyhow::Error::msg)?;
+        let Some(token_url) = urls.token else {
+            continue;
+        };
+        let hosts = urls.hosts;
         out.insert(
             name.clone(),
             OAuthClient {
                 auth: auth.clone(),
-                token_url: over
-                    .and_then(|o| o.token_url.clone())
-                    .unwrap_or_else(|| auth.token_url.clone()),
+                token_url,
+                hosts,
                 authorize_url: over
                     .and_then(|o| o.authorize_url.clone())
                     .or_else(|| auth.authorize_url.clone()),
@@ -337,7 +344,7 @@ pub fn oauth_clients(
             },
         );
     }
-    out
+    Ok(out)
 }
 
 pub fn number(v: &serde_json::Value) -> Option<i64> {

@@ -11,12 +11,19 @@ use serde::Deserialize;
 
 use super::engine::Program;
 use super::{ContentTypeMatch, Endpoint, Matcher, Rule, RuleSet, StatusPattern};
+use crate::template::{Hosts, Template};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSpec {
     integration: String,
     base_url: String,
+    /// Hosts a templated URL may resolve to (`*.zendesk.com`, `host:port`, `host:*`).
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    /// Lets templated URLs use plain http (local test setups only).
+    #[serde(default)]
+    allow_http: bool,
     #[serde(default)]
     #[allow(dead_code)] // documentation for humans; kept so the key is accepted
     description: Option<String>,
@@ -325,13 +332,23 @@ pub fn parse(file: &str, text: &str, stem: Option<&str>) -> Result<RuleSet, Vec<
             ));
         }
     }
-    if let Err(e) = crate::proxy::BaseUrl::parse_template(&spec.base_url) {
-        errors.push(format!("{file}:1: base_url: {e}"));
+    if let Err(e) = Hosts::new(&spec.allowed_hosts, spec.allow_http) {
+        errors.push(format!("{file}:1: allowed_hosts: {e}"));
+    }
+    let mut urls = vec![("base_url", spec.base_url.as_str())];
+    if let Some(auth) = &spec.auth {
+        urls.push(("auth.token_url", &auth.token_url));
+    }
+    for (key, url) in urls {
+        match Template::parse(url) {
+            Err(e) => errors.push(format!("{file}:1: {key}: {e}")),
+            Ok(t) if t.host_from_metadata() && spec.allowed_hosts.is_empty() => errors.push(format!(
+                "{file}:1: {key}: connection metadata decides the host, so allowed_hosts must list where it may point"
+            )),
+            Ok(_) => {}
+        }
     }
     if let Some(auth) = &spec.auth {
-        if let Err(e) = crate::proxy::BaseUrl::parse_template(&auth.token_url) {
-            errors.push(format!("{file}:1: auth.token_url: {e}"));
-        }
         if !auth.inject.format.contains("{access_token}") {
             errors.push(format!(
                 "{file}:1: auth.inject.format must contain {{access_token}}"
@@ -353,6 +370,8 @@ pub fn parse(file: &str, text: &str, stem: Option<&str>) -> Result<RuleSet, Vec<
         integration: spec.integration,
         file: file.to_string(),
         base_url: spec.base_url,
+        allowed_hosts: spec.allowed_hosts,
+        allow_http: spec.allow_http,
         auth: spec.auth,
         rules,
         tests,

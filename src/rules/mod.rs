@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::EvaluationConfig;
+use crate::template::{Hosts, Urls};
 use engine::{Cancel, Document, Limits, Program, RequestFacts};
 
 pub use file::{load_dir, LoadErrors};
@@ -182,6 +183,9 @@ pub struct RuleSet {
     pub integration: String,
     pub file: String,
     pub base_url: String,
+    /// Hosts a templated URL (base, token, authorize) may resolve to.
+    pub allowed_hosts: Vec<String>,
+    pub allow_http: bool,
     pub auth: Option<file::AuthSpec>,
     pub rules: Vec<Rule>,
     pub tests: Vec<file::TestCase>,
@@ -194,10 +198,31 @@ impl RuleSet {
             integration: integration.to_string(),
             file: "(config)".into(),
             base_url,
+            allowed_hosts: Vec::new(),
+            allow_http: false,
             auth: None,
             rules: Vec::new(),
             tests: Vec::new(),
         }
+    }
+
+    /// This integration's URLs as deployed: the rule file's `base_url`, `auth.token_url`,
+    /// `allowed_hosts` and `allow_http`, each replaced by the config's override when given.
+    pub fn urls(&self, over: Option<&crate::config::IntegrationConfig>) -> Result<Urls, String> {
+        let patterns = over
+            .and_then(|o| o.allowed_hosts.as_ref())
+            .unwrap_or(&self.allowed_hosts);
+        let http = over.and_then(|o| o.allow_http).unwrap_or(self.allow_http);
+        let in_file = |e: String| format!("integration {}: {e}", self.integration);
+        let hosts = Hosts::new(patterns, http).map_err(in_file)?;
+        let base = over
+            .and_then(|o| o.base_url.as_deref())
+            .unwrap_or(&self.base_url);
+        let token = self.auth.as_ref().map(|a| {
+            over.and_then(|o| o.token_url.as_deref())
+                .unwrap_or(&a.token_url)
+        });
+        Urls::new(base, token, hosts).map_err(in_file)
     }
 
     /// True when every rule is stopped by the engine's own time limit, so evaluating inline on
