@@ -92,17 +92,24 @@ fn serve(path: &Path) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&format!("rule files are invalid:\n{e}")),
     };
+    // Signal handlers are set up before anything is served: once clients arrive, a process
+    // out of file descriptors could no longer create them (and would not stop on SIGTERM).
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .and_then(|rt| {
+            let stop = rt.block_on(async { Shutdown::listen() })?;
+            Ok((rt, stop))
+        });
+    let (rt, mut stop) = match signals {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("cannot listen for SIGTERM and SIGINT: {e}")),
+    };
     let app = match crate::app::App::start(&config, rule_sets) {
         Ok(app) => app,
         Err(e) => return fail(&format!("{e:#}")),
     };
-    let waited = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map(|rt| rt.block_on(shutdown_signal()));
-    if let Err(e) = waited {
-        return fail(&format!("cannot wait for signals: {e}"));
-    }
+    rt.block_on(stop.wait());
     tracing::info!("shutting down: draining connections");
     match app.shutdown() {
         Ok(()) => {
@@ -113,22 +120,38 @@ fn serve(path: &Path) -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM or SIGINT: time to drain and stop.
+struct Shutdown {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    #[cfg(unix)]
+    fn listen() -> std::io::Result<Shutdown> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Shutdown {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
+
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    fn listen() -> std::io::Result<Shutdown> {
+        Ok(Shutdown {})
+    }
+
+    async fn wait(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Loads the rule sets and evaluation limits named by `--config` or `--rules`.

@@ -33,8 +33,13 @@ impl Drop for Process {
 }
 
 fn spawn(config: &Path) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_grantd"))
-        .args(["serve", "--config", config.to_str().unwrap()])
+    let mut command = Command::new(env!("CARGO_BIN_EXE_grantd"));
+    command.args(["serve", "--config", config.to_str().unwrap()]);
+    spawn_command(command)
+}
+
+fn spawn_command(mut command: Command) -> Process {
+    let mut child = command
         .env("GRANTD_LOG", "trace")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -484,4 +489,62 @@ async fn a_change_made_through_another_process_is_seen_within_the_cache_ttl() {
         Some(404),
         "a no longer uses its cached copy"
     );
+}
+
+/// CPU time (user + system) a process has used, in clock ticks (1/100 s on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn accept_backs_off_instead_of_spinning_when_file_descriptors_run_out() {
+    let p = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &p, "workers: 1\n");
+    let mut command = Command::new("bash");
+    command.args([
+        "-c",
+        "ulimit -n 64 && exec \"$0\" serve --config \"$1\"",
+        env!("CARGO_BIN_EXE_grantd"),
+        config.to_str().unwrap(),
+    ]);
+    let mut g = spawn_command(command);
+    // More clients than descriptors: the rest wait in the backlog and accept() fails (EMFILE).
+    let mut held = Vec::new();
+    for _ in 0..120 {
+        if let Ok(s) = tokio::net::TcpStream::connect(g.admin).await {
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = g.child.id();
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(pid) - before;
+    eprintln!("measured: {used} CPU ticks (1/100 s) in 2 s with descriptors exhausted");
+    assert!(
+        used < 60,
+        "a spinning accept loop burns ~200 ticks in 2 s; used {used}"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Ok(Some(status)) = g.child.try_wait() {
+        let log = g.log.lock().unwrap().clone();
+        let tail: Vec<&str> = log.lines().rev().take(8).collect();
+        panic!("grantd exited ({status}):\n{}", tail.join("\n"));
+    }
+    let served = tokio::time::timeout(
+        Duration::from_secs(10),
+        admin(g.admin, "GET", "/v1/integrations", None),
+    )
+    .await
+    .expect("the admin API serves again once descriptors are free");
+    assert_eq!(served.status, 200);
 }

@@ -133,7 +133,9 @@ async fn aborted_body_then_victim(extra: &str) -> (Got, Vec<Seen>) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let victim = tokio::time::timeout(Duration::from_secs(10), send(victim_request(&g)))
         .await
-        .expect("the victim is answered (a swallowed request would wait for the 30 s upstream timeout)");
+        .expect(
+            "the victim is answered (a swallowed request would wait for the 30 s upstream timeout)",
+        );
     let seen = seen.lock().unwrap().clone();
     (victim, seen)
 }
@@ -189,13 +191,19 @@ async fn stalled_client(g: &Grantd, declared: usize) -> (String, Duration) {
     let started = std::time::Instant::now();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut out)).await;
-    (String::from_utf8_lossy(&out).into_owned(), started.elapsed())
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
 }
 
 #[tokio::test]
 async fn a_stalled_request_body_gets_408_and_frees_its_connection() {
     let up = upstream(echo()).await;
-    let g = lab(up, "server: { body_timeout: 300ms }\nmax_buffered_body: 64\n");
+    let g = lab(
+        up,
+        "server: { body_timeout: 300ms }\nmax_buffered_body: 64\n",
+    );
     put_token(&g, "tenant_a", "token-a").await;
     for declared in [40, 4000] {
         let (answer, took) = stalled_client(&g, declared).await;
@@ -267,7 +275,10 @@ async fn a_stalled_response_body_is_cut_off_both_when_streamed_and_when_a_rule_r
     let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
         .await
         .expect("the body ends within the timeout");
-    assert!(body.is_err(), "a cut-off body is an error, not a short success");
+    assert!(
+        body.is_err(),
+        "a cut-off body is an error, not a short success"
+    );
 }
 
 #[tokio::test]
@@ -293,4 +304,59 @@ async fn a_response_with_transfer_encoding_and_content_length_is_not_truncated()
     assert_eq!(got.status, 200);
     assert_eq!(&got.body[..], b"abcdefghijklmnopqrstuvwxyz");
     assert_eq!(got.header("content-length"), None);
+}
+
+/// Writes `bytes` and waits for the server to close; how long that took, or `None` (10 s).
+async fn closed_after(addr: SocketAddr, bytes: &[u8]) -> Option<Duration> {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(bytes).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    Some(started.elapsed())
+}
+
+#[tokio::test]
+async fn every_listener_closes_clients_stuck_in_their_headers_or_idle() {
+    let g = grantd(
+        "server: { header_timeout: 300ms }\nconnect: { listen: 127.0.0.1:0, public_url: \"http://127.0.0.1:9\" }\n",
+    )
+    .start();
+    let connect = g.app.as_ref().unwrap().connect_addr.unwrap();
+    for (name, addr) in [("proxy", g.addr), ("admin", g.admin), ("connect", connect)] {
+        let stuck = closed_after(addr, b"GET /x HTTP/1.1\r\nhost: x\r\n").await;
+        assert!(
+            stuck.is_some(),
+            "{name}: a client stuck in its headers stays open"
+        );
+        // A finished request on a keep-alive connection, then silence: reaped as well.
+        let idle = closed_after(addr, b"GET /_grantd/healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        assert!(
+            idle.is_some(),
+            "{name}: an idle keep-alive connection stays open"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_listener_serves_at_most_max_connections_clients_at_once() {
+    let g = grantd("server: { max_connections: 2 }\n").start();
+    let hold_1 = TcpStream::connect(g.admin).await.unwrap();
+    let _hold_2 = TcpStream::connect(g.admin).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third = tokio::spawn(admin(g.admin, "GET", "/v1/integrations", None));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !third.is_finished(),
+        "a third client is served past the cap"
+    );
+    drop(hold_1);
+    let got = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("served once a slot frees")
+        .unwrap();
+    assert_eq!(got.status, 200);
 }
