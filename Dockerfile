@@ -1,6 +1,9 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -t grantd .
-# Run:   docker run --rm -p 4180:4180 -e GRANTD_LISTEN=0.0.0.0:4180 -e GRANTD_ENCRYPTION_KEY=$(openssl rand -base64 32) grantd
+# Run:   docker run --rm -p 4180:4180 -v $PWD/grantd.yaml:/etc/grantd/config/grantd.yaml -e GRANTD_ENCRYPTION_KEY=$(openssl rand -base64 32) grantd
+#        A published (non-loopback) proxy port needs `callers:` in the config (README: Security
+#        model); grantd refuses to start on 0.0.0.0 without them unless told
+#        `allow_unauthenticated_callers: true`.
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # Dependencies first, so a source change does not rebuild them.

@@ -37,6 +37,9 @@ enum Command {
     },
     /// Validate the config and every rule file, compile every expression, run every rule test.
     Check(Source),
+    /// Make a caller token for the proxy port: prints the token (give it to the app) and the
+    /// `token_sha256` to put under `callers:` (the config never holds the token itself).
+    CallerToken,
     /// Work with rule files.
     Rules {
         #[command(subcommand)]
@@ -72,6 +75,11 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(&config),
         Command::Check(source) => check(&source),
+        Command::CallerToken => {
+            let (token, digest) = crate::callers::new_token();
+            println!("token: {token}\ntoken_sha256: {digest}");
+            ExitCode::SUCCESS
+        }
         Command::Rules {
             command:
                 RulesCommand::Eval {

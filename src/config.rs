@@ -58,6 +58,13 @@ pub struct Config {
     pub callbacks: CallbacksConfig,
     #[serde(default)]
     pub connect: ConnectConfig,
+    /// Applications allowed to use the proxy port. None: the port is open (a sidecar on
+    /// loopback); any non-loopback `listen` then also needs `allow_unauthenticated_callers`.
+    #[serde(default)]
+    pub callers: Vec<CallerConfig>,
+    /// Serve a non-loopback proxy address without caller authentication (say so explicitly).
+    #[serde(default)]
+    pub allow_unauthenticated_callers: bool,
     /// Per-integration overrides, keyed by integration name.
     #[serde(default)]
     pub integrations: BTreeMap<String, IntegrationConfig>,
@@ -82,6 +89,22 @@ pub struct UpstreamConfig {
     /// Extra PEM CA bundle trusted in addition to the webpki and native roots.
     #[serde(default)]
     pub ca_bundle: Option<PathBuf>,
+}
+
+/// One application that may use the proxy port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerConfig {
+    /// Shown in logs and refusals.
+    pub name: String,
+    /// Hex SHA-256 of the caller's token (`grantd caller-token` makes both).
+    pub token_sha256: String,
+    /// Integrations it may use; all when empty.
+    #[serde(default)]
+    pub integrations: Vec<String>,
+    /// Connection-id prefixes it may use; all when empty.
+    #[serde(default)]
+    pub connections: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -575,6 +598,8 @@ impl Default for Config {
             refresh: RefreshConfig::default(),
             callbacks: CallbacksConfig::default(),
             connect: ConnectConfig::default(),
+            callers: Vec::new(),
+            allow_unauthenticated_callers: false,
             integrations: BTreeMap::new(),
         }
     }
@@ -725,6 +750,15 @@ impl Config {
         }
         if self.evaluation.timeout.is_zero() {
             return Err("evaluation.timeout: must be greater than 0".into());
+        }
+        if self.callers.is_empty()
+            && !self.listen.ip().is_loopback()
+            && !self.allow_unauthenticated_callers
+        {
+            return Err(format!(
+                "listen: {} is reachable from other hosts, and anyone who reaches it could use every connection's token: configure callers (grantd caller-token makes a token), or set allow_unauthenticated_callers: true if a network policy already restricts who connects",
+                self.listen
+            ));
         }
         self.connect.validate()?;
         for (name, i) in &self.integrations {
@@ -924,6 +958,19 @@ mod tests {
             c.connect.default_redirect_uri().as_deref(),
             Some("https://c.example/oauth/callback")
         );
+    }
+
+    #[test]
+    fn a_non_loopback_proxy_needs_callers_or_an_explicit_opt_out() {
+        let e = Config::parse("listen: 0.0.0.0:4180\n", &env).unwrap_err();
+        assert!(e.contains("callers") && e.contains("0.0.0.0:4180"), "{e}");
+        let hash = "0".repeat(64);
+        let with_callers =
+            format!("listen: 0.0.0.0:4180\ncallers: [{{ name: app, token_sha256: \"{hash}\" }}]\n");
+        assert!(Config::parse(&with_callers, &env).is_ok());
+        let opted_out = "listen: \"[::]:4180\"\nallow_unauthenticated_callers: true\n";
+        assert!(Config::parse(opted_out, &env).is_ok());
+        assert!(Config::parse("listen: \"[::1]:4180\"\n", &env).is_ok());
     }
 
     #[test]

@@ -44,26 +44,55 @@ pub enum Refusal {
     Broken(String),
 }
 
-/// The connection a request names: `Grantd-Connection: {id}` or, for SDKs that only let you
-/// set a token, `Authorization: Bearer grantd:{id}`. Either way the app's `Authorization`
-/// header is removed: it never reaches the provider.
-pub fn take_connection_id(headers: &mut HeaderMap) -> Option<String> {
+/// Who is asking and for which connection, as a request's headers say.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Named {
+    /// `Grantd-Connection: {id}` or, for SDKs that only let you set a token,
+    /// `Authorization: Bearer grantd:{id}`.
+    pub connection: Option<String>,
+    /// The caller's token: `Proxy-Authorization: Bearer {token}`, or the SDK form
+    /// `Authorization: Bearer grantd:{id}/{token}`.
+    pub caller_token: Option<String>,
+}
+
+/// Takes the connection and the caller's token out of the headers. `Proxy-Authorization`
+/// always goes; the app's `Authorization` goes whenever a connection is named, so neither ever
+/// reaches the provider.
+pub fn take_names(headers: &mut HeaderMap) -> Named {
+    let bearer = |name: HeaderName, headers: &HeaderMap| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(|v| v.trim().to_string())
+    };
+    let mut caller_token = bearer(header::PROXY_AUTHORIZATION, headers);
+    headers.remove(header::PROXY_AUTHORIZATION);
     let named = headers
         .get("grantd-connection")
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_string());
-    let from_auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer grantd:")
-                .or_else(|| v.strip_prefix("bearer grantd:"))
-        })
-        .map(|v| v.trim().to_string());
-    let id = named.or(from_auth).filter(|id| !id.is_empty())?;
-    headers.remove("grantd-connection");
-    headers.remove(header::AUTHORIZATION);
-    Some(id)
+    let from_auth = bearer(header::AUTHORIZATION, headers)
+        .and_then(|v| v.strip_prefix("grantd:").map(str::to_string))
+        .map(|v| match v.split_once('/') {
+            Some((id, token)) => {
+                caller_token = caller_token.take().or(Some(token.to_string()));
+                id.to_string()
+            }
+            None => v,
+        });
+    let connection = named.or(from_auth).filter(|id| !id.is_empty());
+    if connection.is_some() {
+        headers.remove("grantd-connection");
+        headers.remove(header::AUTHORIZATION);
+    }
+    Named {
+        connection,
+        caller_token,
+    }
 }
 
 impl Connections {
@@ -213,7 +242,7 @@ mod tests {
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer app-token"),
         );
-        assert_eq!(take_connection_id(&mut h).as_deref(), Some("acct_1"));
+        assert_eq!(take_names(&mut h).connection.as_deref(), Some("acct_1"));
         assert!(
             h.get(header::AUTHORIZATION).is_none(),
             "the app's Authorization never goes upstream"
@@ -224,7 +253,7 @@ mod tests {
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer grantd:acct_2"),
         );
-        assert_eq!(take_connection_id(&mut h).as_deref(), Some("acct_2"));
+        assert_eq!(take_names(&mut h).connection.as_deref(), Some("acct_2"));
         assert!(h.is_empty());
 
         let mut h = HeaderMap::new();
@@ -232,10 +261,34 @@ mod tests {
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer app-token"),
         );
-        assert_eq!(take_connection_id(&mut h), None);
+        assert_eq!(take_names(&mut h), Named::default());
         assert!(
             h.get(header::AUTHORIZATION).is_some(),
             "no connection named: the app's own token is its business"
         );
+    }
+
+    #[test]
+    fn the_caller_token_comes_from_proxy_authorization_or_the_sdk_form() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Bearer gdc_abc"),
+        );
+        h.insert("grantd-connection", HeaderValue::from_static("acct_1"));
+        let named = take_names(&mut h);
+        assert_eq!(named.caller_token.as_deref(), Some("gdc_abc"));
+        assert_eq!(named.connection.as_deref(), Some("acct_1"));
+        assert!(h.is_empty(), "{h:?}");
+
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer grantd:acct:2@x/gdc_def"),
+        );
+        let named = take_names(&mut h);
+        assert_eq!(named.connection.as_deref(), Some("acct:2@x"));
+        assert_eq!(named.caller_token.as_deref(), Some("gdc_def"));
+        assert!(h.is_empty());
     }
 }

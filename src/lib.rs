@@ -9,6 +9,7 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod callbacks;
+pub mod callers;
 pub mod cli;
 pub mod config;
 pub mod connect;

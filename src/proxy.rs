@@ -27,9 +27,10 @@ use crate::body::{
     collect_limited, empty, full, Body, BodyFailure, Collected, Frames, IdleTimeout, Stalled,
     Watched,
 };
+use crate::callers::{CallerRefusal, Callers};
 use crate::config::{Config, EvaluationConfig, ServerConfig, UpstreamConfig};
 use crate::grants::Grant;
-use crate::inject::{take_connection_id, Connections, Refusal};
+use crate::inject::{take_names, Connections, Refusal};
 use crate::listener::Gate;
 use crate::rules::engine::Cancel;
 use crate::rules::{Action, Endpoint, Facts, Outcome, RuleSet, Verdict};
@@ -123,6 +124,7 @@ fn replay_body(bytes: &Bytes) -> Body {
 pub struct Proxy {
     routes: BTreeMap<String, Route>,
     connections: Option<Arc<Connections>>,
+    callers: Callers,
     upstream: UpstreamConfig,
     tls: Arc<rustls::ClientConfig>,
     request_timeout: Duration,
@@ -167,6 +169,7 @@ impl Proxy {
         Ok(Proxy {
             routes,
             connections: None,
+            callers: Callers::new(&config.callers).map_err(anyhow::Error::msg)?,
             upstream: config.upstream.clone(),
             tls: upstream::tls_config(&config.upstream)?,
             request_timeout: config.upstream.request_timeout,
@@ -299,8 +302,13 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
+        let named = take_names(&mut parts.headers);
+        let connection = named.connection;
+        let caller = named.caller_token.as_deref();
+        if let Err(refusal) = self.callers.admit(caller, name, connection.as_deref()) {
+            return caller_refused(name, refusal);
+        }
         strip_hop_by_hop(&mut parts.headers);
-        let connection = take_connection_id(&mut parts.headers);
         strip_grantd_headers(&mut parts.headers);
         parts.headers.remove(header::HOST);
         restrict_accept_encoding(&mut parts.headers);
@@ -763,6 +771,31 @@ fn bearer_rejection(parts: &http::response::Parts) -> Signal {
         Signal::Refresh
     } else {
         Signal::None
+    }
+}
+
+/// A caller without a valid token (401), or one asking for what it may not use (403).
+fn caller_refused(name: &str, refusal: CallerRefusal) -> Response<Body> {
+    match refusal {
+        CallerRefusal::Unauthenticated => {
+            let mut resp = error(
+                StatusCode::UNAUTHORIZED,
+                "caller_unauthenticated",
+                Some(name),
+                "this grantd authenticates its callers: send Proxy-Authorization: Bearer {caller token}".into(),
+            );
+            resp.headers_mut().insert(
+                header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="grantd""#),
+            );
+            resp
+        }
+        CallerRefusal::Forbidden { caller, what } => error(
+            StatusCode::FORBIDDEN,
+            "caller_forbidden",
+            Some(name),
+            format!("caller `{caller}` may not use {what}"),
+        ),
     }
 }
 

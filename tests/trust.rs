@@ -360,3 +360,52 @@ async fn a_listener_serves_at_most_max_connections_clients_at_once() {
         .unwrap();
     assert_eq!(got.status, 200);
 }
+
+#[tokio::test]
+async fn the_proxy_port_serves_only_authenticated_callers_within_their_grants() {
+    let up = upstream(echo()).await;
+    let (billing, billing_sha) = grantd::callers::new_token();
+    let g = lab(
+        up,
+        &format!("callers:\n  - {{ name: billing, token_sha256: {billing_sha}, integrations: [lab], connections: [acme-] }}\n"),
+    );
+    put_token(&g, "acme-1", "token-acme").await;
+    put_token(&g, "globex-1", "token-globex").await;
+    let call = |connection: &'static str, proxy_auth: Option<String>| {
+        let mut req = Request::get(format!("http://{}/lab/me", g.addr))
+            .header("grantd-connection", connection);
+        if let Some(token) = proxy_auth {
+            req = req.header("proxy-authorization", format!("Bearer {token}"));
+        }
+        send(req.body(Full::default()).unwrap())
+    };
+    let anonymous = call("acme-1", None).await;
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(anonymous.json()["error"], "caller_unauthenticated");
+    assert!(!String::from_utf8_lossy(&anonymous.body).contains("token-acme"));
+    let forged = call("acme-1", Some(format!("{billing}x"))).await;
+    assert_eq!(forged.status, 401);
+    let other_tenant = call("globex-1", Some(billing.clone())).await;
+    assert_eq!(other_tenant.status, 403);
+    assert_eq!(other_tenant.json()["error"], "caller_forbidden");
+
+    let allowed = call("acme-1", Some(billing.clone())).await;
+    assert_eq!(allowed.status, 200, "{:?}", allowed.body);
+    let seen = allowed.json();
+    assert_eq!(seen["headers"]["authorization"], "Bearer token-acme");
+    assert!(
+        seen["headers"].get("proxy-authorization").is_none(),
+        "the caller's token never reaches the provider: {seen}"
+    );
+    // SDKs that can only set a token: `grantd:{connection}/{caller token}`.
+    let sdk = send(
+        Request::get(format!("http://{}/lab/me", g.addr))
+            .header("authorization", format!("Bearer grantd:acme-1/{billing}"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(sdk.status, 200);
+    assert_eq!(sdk.json()["headers"]["authorization"], "Bearer token-acme");
+    assert_eq!(get(g.addr, "/_grantd/healthz").await.status, 200);
+}
