@@ -872,23 +872,42 @@ fn split_route(path: &str) -> (&str, &str) {
     }
 }
 
-/// `..` would let a request climb out of the base URL's path (`/api/../admin`); encoded
-/// forms count too, because upstream servers decode them. Allocation-free: it runs on every
-/// request.
+/// `..` would let a request climb out of the base URL's path (`/api/../admin`). Upstream
+/// servers differ in what they take for a separator or a dot, so every reading counts: percent
+/// encoding (even double: `%252e`), `%2f` and backslashes as `/`, and `;` parameters after a
+/// segment (`..;/`, as Tomcat and Spring read it). Paths with none of `.`, `%`, `\` and `;`
+/// (most API paths) are passed without allocating: this runs on every request.
 fn has_dot_segment(rest: &str) -> bool {
-    fn is_dot(part: &[u8]) -> bool {
-        part == b"." || part.eq_ignore_ascii_case(b"%2e")
+    if !rest
+        .bytes()
+        .any(|b| matches!(b, b'.' | b'%' | b'\\' | b';'))
+    {
+        return false;
     }
-    rest.split('/').any(|seg| {
-        let b = seg.as_bytes();
-        match b.len() {
-            1 | 3 => is_dot(b),
-            2 => b == b"..",
-            4 => (is_dot(&b[..1]) && is_dot(&b[1..])) || (is_dot(&b[..3]) && is_dot(&b[3..])),
-            6 => is_dot(&b[..3]) && is_dot(&b[3..]),
-            _ => false,
+    let mut path = rest.to_string();
+    for _ in 0..3 {
+        if dot_segment_in(&path) {
+            return true;
         }
-    })
+        let decoded = percent_decode(&path);
+        if decoded == path {
+            return false;
+        }
+        path = decoded;
+    }
+    dot_segment_in(&path)
+}
+
+fn dot_segment_in(path: &str) -> bool {
+    path.split(['/', '\\'])
+        .map(|seg| seg.split(';').next().unwrap_or(""))
+        .any(|seg| seg == "." || seg == "..")
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// RFC 9110 §7.6.1 hop-by-hop headers, plus any the `Connection` header names.
@@ -1149,7 +1168,7 @@ mod tests {
     }
 
     #[test]
-    fn dot_segments_are_detected_even_encoded() {
+    fn dot_segments_are_detected_in_every_reading_of_the_path() {
         for bad in [
             "/..",
             "/a/../b",
@@ -1159,6 +1178,16 @@ mod tests {
             "/./x",
             "/%2e",
             "/x/%2E%2e",
+            "/..%2f",
+            "/%2e%2e%2f",
+            "/..;/admin",
+            "/.;x/y",
+            "/..\\admin",
+            "/a\\..\\b",
+            "/..%5cadmin",
+            "/%252e%252e/admin",
+            "/%25252e%25252e/admin",
+            "/%2e%2fx",
         ] {
             assert!(has_dot_segment(bad), "{bad}");
         }
@@ -1166,9 +1195,11 @@ mod tests {
             "/a.b",
             "/..a",
             "/...",
-            "/%2e%2f",
             "/a%2e",
             "/v1/users.list",
+            "/a;b=1",
+            "/a%20b",
+            "/%2e%2ea",
             "",
         ] {
             assert!(!has_dot_segment(ok), "{ok}");

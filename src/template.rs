@@ -473,18 +473,15 @@ fn port_number(p: &str) -> bool {
     p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n > 0)
 }
 
-/// RFC 3986 unreserved characters stay; everything else (`/`, `?`, `#`, `%`, `\`, ...) is
+/// RFC 3986 unreserved characters stay; everything else (`/`, `?`, `#`, `%`, `\\`, ...) is
 /// percent-encoded, so a value is always exactly one segment.
 fn percent_encode_segment(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(v, KEEP).to_string()
 }
 
 #[cfg(test)]

@@ -409,3 +409,30 @@ async fn the_proxy_port_serves_only_authenticated_callers_within_their_grants() 
     assert_eq!(sdk.json()["headers"]["authorization"], "Bearer token-acme");
     assert_eq!(get(g.addr, "/_grantd/healthz").await.status, 200);
 }
+
+#[tokio::test]
+async fn encoded_backslash_and_parameter_dot_segments_are_refused() {
+    let up = upstream(echo()).await;
+    let g = lab(up, "");
+    for path in [
+        "/lab/v1/..%2fadmin",
+        "/lab/v1/%2e%2e%2fadmin",
+        "/lab/v1/..;/admin",
+        "/lab/v1/..\\admin",
+        "/lab/v1/%252e%252e/admin",
+    ] {
+        let answer = raw(
+            g.addr,
+            &format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+        assert!(answer.contains("bad_path"), "{path}: {answer}");
+    }
+    let fine = raw(
+        g.addr,
+        "GET /lab/v1/users.list HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(fine.starts_with("HTTP/1.1 200"), "{fine}");
+}
