@@ -353,6 +353,63 @@ fn path_and_query(u: &url::Url) -> String {
     format!("{}?{}", u.path(), u.query().unwrap_or(""))
 }
 
+/// Every value of `key` in the query, in order.
+fn all(u: &url::Url, key: &str) -> Vec<String> {
+    u.query_pairs()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_return_to_that_already_has_a_status_gets_exactly_one() {
+    let Some(w) = world(3600, "", "").await else {
+        return;
+    };
+    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    // A return_to copied from an earlier result: grantd's names are replaced, the app's kept.
+    let return_to = format!("{RETURN_TO}?tab=slack&status=stale&error=old&connection_id=x#done");
+    let started = w
+        .connect_url(
+            "authz",
+            &format!("connection_id=rt-1&return_to={}", encode(&return_to)),
+        )
+        .await;
+    let back = Browser::default()
+        .visit(started["authorization_url"].as_str().unwrap(), app_test)
+        .await
+        .stopped();
+    assert_eq!(back.path(), "/settings/integrations", "{back}");
+    assert_eq!(all(&back, "status"), ["connected"], "{back}");
+    assert_eq!(all(&back, "connection_id"), ["rt-1"], "{back}");
+    assert_eq!(all(&back, "integration"), ["authz"], "{back}");
+    assert!(all(&back, "error").is_empty(), "no stale error: {back}");
+    assert_eq!(all(&back, "tab"), ["slack"], "{back}");
+    assert_eq!(back.fragment(), Some("done"), "{back}");
+    assert_eq!(w.connection("rt-1").await["status"], "active");
+
+    // The same on the way back from a refusal.
+    let return_to = format!("{RETURN_TO}?status=connected&connection_id=someone-else");
+    let started = w
+        .connect_url(
+            "authz",
+            &format!("connection_id=rt-2&return_to={}", encode(&return_to)),
+        )
+        .await;
+    let auth_url = url::Url::parse(started["authorization_url"].as_str().unwrap()).unwrap();
+    let state = query(&auth_url, "state").unwrap();
+    let got = get(
+        w.public,
+        &format!("/oauth/callback?error=access_denied&state={state}"),
+    )
+    .await;
+    assert_eq!(got.status, 303);
+    let to = url::Url::parse(got.header("location").unwrap()).unwrap();
+    assert_eq!(all(&to, "status"), ["error"], "{to}");
+    assert_eq!(all(&to, "error"), ["access_denied"], "{to}");
+    assert_eq!(all(&to, "connection_id"), ["rt-2"], "{to}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_or_expired_state_and_foreign_return_to_are_refused() {
     let Some(w) = world(3600, "", "").await else {
