@@ -242,7 +242,9 @@ impl Admin {
                 .entry(k.into_owned())
                 .or_insert_with(|| v.into_owned());
         }
-        let done = match self.connect.complete(&params).await {
+        // No browser comes here, only the app: a flow bound to a browser (one started from a
+        // connect link) cannot be finished this way, and the app binds its own flows.
+        let done = match self.connect.complete(&params, None).await {
             Ok(done) => done,
             Err(e) => return fail(e.status, e.code, &e.message),
         };

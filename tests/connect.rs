@@ -4,195 +4,20 @@
 //! headless browser over real sockets.
 
 mod authz;
+#[path = "connect/binding.rs"]
+mod binding;
 mod common;
 mod receiver;
+#[path = "connect/world.rs"]
+mod world;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use authz::{AuthzServer, Browser};
 use common::*;
 use http::Request;
 use http_body_util::Full;
-use receiver::{callbacks_config, Receiver};
-
-/// Needs form-urlencoding in HTTP Basic: `&`, `=`, `+`, space and `%`.
-const BASIC_SECRET: &str = "s3cr&t=+ x%";
-const POST_SECRET: &str = "p0st&s3cr=t+%20";
-const RETURN_TO: &str = "http://app.test/settings/integrations";
-
-struct World {
-    authz: AuthzServer,
-    g: Grantd,
-    public: SocketAddr,
-    receiver: Arc<Receiver>,
-}
-
-/// A port for grantd's public listener, known before the authorization server registers its
-/// redirect URI (the one place a test needs a port before binding it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn rule_file(name: &str, authz: SocketAddr, client_auth: &str) -> String {
-    format!(
-        r#"integration: {name}
-base_url: http://{authz}
-auth:
-  authorize_url: http://{authz}/auth
-  token_url: http://{authz}/token
-  client_auth: {client_auth}
-  required_scopes: [openid]
-  authorize_params: {{ prompt: consent }}
-rules:
-  - name: token-invalid
-    match: {{ status: [401] }}
-    expr: |
-      {{ "status": 401, "action": "refresh", "error": "invalid_token" }}
-"#
-    )
-}
-
-async fn world(access_ttl: u64, connect_extra: &str, extra: &str) -> Option<World> {
-    world_on(access_ttl, connect_extra, extra, None).await
-}
-
-/// The authorization server, a callback receiver and one grantd (on `store`, if given).
-async fn world_on(
-    access_ttl: u64,
-    connect_extra: &str,
-    extra: &str,
-    store: Option<&str>,
-) -> Option<World> {
-    let port = free_port();
-    let redirect = format!("http://127.0.0.1:{port}/oauth/callback");
-    let client = |id: &str, secret: &str, method: &str| {
-        serde_json::json!({
-            "client_id": id, "client_secret": secret, "redirect_uris": [redirect],
-            "token_endpoint_auth_method": method,
-            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
-        })
-    };
-    let authz = AuthzServer::start(
-        serde_json::json!([
-            client("grantd-basic", BASIC_SECRET, "client_secret_basic"),
-            client("grantd-post", POST_SECRET, "client_secret_post"),
-        ]),
-        access_ttl,
-    )?;
-    let (receiver, hooks) = Receiver::start(0).await;
-    let extra = format!("{connect_extra}\u{0}{}{extra}", callbacks_config(hooks));
-    let g = replica(&authz, port, port, &extra, store);
-    let public = g.app.as_ref().unwrap().connect_addr.unwrap();
-    Some(World {
-        authz,
-        g,
-        public,
-        receiver,
-    })
-}
-
-/// One grantd whose public listener is on `listen_port` and whose public URL (what the
-/// provider redirects to, e.g. a load balancer in front of several replicas) is on
-/// `public_port`. `extra` is `connect lines \0 other config`.
-fn replica(
-    authz: &AuthzServer,
-    listen_port: u16,
-    public_port: u16,
-    extra: &str,
-    store: Option<&str>,
-) -> Grantd {
-    let (connect_extra, extra) = extra.split_once('\u{0}').unwrap_or(("", extra));
-    let config = format!(
-        "connect:\n  listen: 127.0.0.1:{listen_port}\n  public_url: http://127.0.0.1:{public_port}\n  return_to: [\"{RETURN_TO}\"]\n{connect_extra}\
-         integrations:\n  authz:\n    client_id: grantd-basic\n    client_secret: \"{BASIC_SECRET}\"\n\
-         \x20 authzpost:\n    client_id: grantd-post\n    client_secret: \"{POST_SECRET}\"\n{extra}",
-    );
-    let mut b = grantd(&config)
-        .rule_file("authz.yaml", &rule_file("authz", authz.addr, "basic"))
-        .rule_file(
-            "authzpost.yaml",
-            &rule_file("authzpost", authz.addr, "body"),
-        );
-    if let Some(store) = store {
-        b = b.store(store);
-    }
-    let g = b.start();
-    assert_eq!(
-        g.app.as_ref().unwrap().connect_addr.unwrap().port(),
-        listen_port
-    );
-    g
-}
-
-impl World {
-    async fn connect_url(&self, integration: &str, query: &str) -> serde_json::Value {
-        let got = admin(
-            self.g.admin,
-            "GET",
-            &format!("/v1/connect/{integration}?{query}"),
-            None,
-        )
-        .await;
-        assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
-        got.json()
-    }
-
-    async fn connection(&self, id: &str) -> serde_json::Value {
-        admin(self.g.admin, "GET", &format!("/v1/connections/{id}"), None)
-            .await
-            .json()
-    }
-
-    /// `GET /{integration}/me` (the provider's userinfo) through the proxy.
-    async fn me(&self, integration: &str, id: &str) -> Got {
-        send(
-            Request::get(format!("http://{}/{integration}/me", self.g.addr))
-                .header("grantd-connection", id)
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await
-    }
-
-    fn exchanges(&self) -> u64 {
-        self.g.app.as_ref().unwrap().connect.exchanges()
-    }
-
-    async fn wait_status(&self, id: &str, status: &str) -> serde_json::Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let c = self.connection(id).await;
-            if c["status"] == status {
-                return c;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "waited 20 s for {status}: {c}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-fn app_test(u: &url::Url) -> bool {
-    u.host_str() == Some("app.test")
-}
-
-fn callback(u: &url::Url) -> bool {
-    u.path() == "/oauth/callback"
-}
-
-fn query(u: &url::Url, key: &str) -> Option<String> {
-    u.query_pairs()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.into_owned())
-}
+use world::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_refresh_revoke_and_reconnect_in_place() {
@@ -330,16 +155,17 @@ async fn a_replayed_callback_is_rejected_without_a_token_call() {
         assert_eq!(confirm.status, 200);
     }
     let cb = browser.submit(link, callback).await.stopped();
-    // The browser delivers the callback twice at once, then once more later.
-    let target = path_and_query(&cb);
-    let (a, b) = tokio::join!(get(w.public, &target), get(w.public, &target));
+    // The browser (with the cookie that binds the flow to it) delivers the callback twice at
+    // once, from two tabs, then once more later.
+    let (mut tab1, mut tab2) = (browser.clone(), browser.clone());
+    let (a, b) = tokio::join!(tab1.request("GET", &cb), tab2.request("GET", &cb));
     let statuses = {
         let mut s = [a.status, b.status];
         s.sort();
         s
     };
     assert_eq!(statuses, [303, 409], "one exchange, one rejection");
-    let later = get(w.public, &target).await;
+    let later = browser.request("GET", &cb).await;
     assert_eq!(later.status, 409);
     assert!(String::from_utf8_lossy(&later.body).contains("already completed or attempted"));
     assert_eq!(w.exchanges(), 1);
@@ -349,8 +175,61 @@ async fn a_replayed_callback_is_rejected_without_a_token_call() {
     assert_eq!(me.status, 200, "{}", String::from_utf8_lossy(&me.body));
 }
 
-fn path_and_query(u: &url::Url) -> String {
-    format!("{}?{}", u.path(), u.query().unwrap_or(""))
+/// Every value of `key` in the query, in order.
+fn all(u: &url::Url, key: &str) -> Vec<String> {
+    u.query_pairs()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_return_to_that_already_has_a_status_gets_exactly_one() {
+    let Some(w) = world(3600, "", "").await else {
+        return;
+    };
+    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    // A return_to copied from an earlier result: grantd's names are replaced, the app's kept.
+    let return_to = format!("{RETURN_TO}?tab=slack&status=stale&error=old&connection_id=x#done");
+    let started = w
+        .connect_url(
+            "authz",
+            &format!("connection_id=rt-1&return_to={}", encode(&return_to)),
+        )
+        .await;
+    let back = Browser::default()
+        .visit(started["authorization_url"].as_str().unwrap(), app_test)
+        .await
+        .stopped();
+    assert_eq!(back.path(), "/settings/integrations", "{back}");
+    assert_eq!(all(&back, "status"), ["connected"], "{back}");
+    assert_eq!(all(&back, "connection_id"), ["rt-1"], "{back}");
+    assert_eq!(all(&back, "integration"), ["authz"], "{back}");
+    assert!(all(&back, "error").is_empty(), "no stale error: {back}");
+    assert_eq!(all(&back, "tab"), ["slack"], "{back}");
+    assert_eq!(back.fragment(), Some("done"), "{back}");
+    assert_eq!(w.connection("rt-1").await["status"], "active");
+
+    // The same on the way back from a refusal.
+    let return_to = format!("{RETURN_TO}?status=connected&connection_id=someone-else");
+    let started = w
+        .connect_url(
+            "authz",
+            &format!("connection_id=rt-2&return_to={}", encode(&return_to)),
+        )
+        .await;
+    let auth_url = url::Url::parse(started["authorization_url"].as_str().unwrap()).unwrap();
+    let state = query(&auth_url, "state").unwrap();
+    let got = get(
+        w.public,
+        &format!("/oauth/callback?error=access_denied&state={state}"),
+    )
+    .await;
+    assert_eq!(got.status, 303);
+    let to = url::Url::parse(got.header("location").unwrap()).unwrap();
+    assert_eq!(all(&to, "status"), ["error"], "{to}");
+    assert_eq!(all(&to, "error"), ["access_denied"], "{to}");
+    assert_eq!(all(&to, "connection_id"), ["rt-2"], "{to}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,12 +2,16 @@
 //! connect a new account or to re-authorize a dead connection in place.
 //!
 //! Owns authorization URLs, `state` (random, stored hashed, bound to one connection and
-//! integration, expiring, single-use), connect links, the one code exchange per `state`, and
-//! the `return_to` allow-list. It writes connections only through [`Grants::store_authorized`]
-//! and must not touch the proxy path or the refresher.
+//! integration and, when a connect link started it, to that browser; expiring, single-use),
+//! connect links, the one code exchange per `state`, and the `return_to` allow-list. It writes
+//! connections only through [`Grants::store_authorized`] and must not touch the proxy path or
+//! the refresher.
 
+pub mod browser;
+mod callback;
 pub mod link;
 pub mod public;
+mod return_to;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,11 +24,14 @@ use serde_json::json;
 
 use crate::config::{ConnectConfig, RefreshConfig};
 use crate::grants::crypto::Keyring;
-use crate::grants::token::{self, OAuthClient, TokenResult};
+use crate::grants::token::OAuthClient;
 use crate::grants::{rfc3339, validate_id, Grants};
-use crate::store::{now_ms, ConnectState, Taken};
+use crate::store::{now_ms, ConnectState};
 use crate::upstream::UpstreamClient;
+use browser::CookieScope;
+pub use callback::{Answer, Completed};
 use link::{LinkError, Links};
+pub use return_to::allowed;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 const VERIFIER_AAD: &str = "grantd-pkce-verifier";
@@ -71,13 +78,12 @@ pub struct Started {
     pub expires_at: String,
 }
 
-/// A callback whose state was valid, and how it went.
+/// A used connect link: where the browser goes, and the cookie that binds the flow to it.
 #[derive(Debug, Clone)]
-pub struct Completed {
-    pub state: ConnectState,
-    /// The request's `return_to`, if it is still allowed.
-    pub return_to: Option<String>,
-    pub outcome: Result<(), ConnectError>,
+pub struct Opened {
+    pub authorization_url: String,
+    /// A `Set-Cookie` value, when the callback comes back to this listener's origin.
+    pub set_cookie: Option<String>,
 }
 
 /// How a callback ends for the browser.
@@ -99,6 +105,8 @@ pub struct Connect {
     clients: HashMap<String, OAuthClient>,
     keys: Arc<Keyring>,
     links: Option<Arc<Links>>,
+    /// Binding cookies, when the public listener is on.
+    cookies: Option<CookieScope>,
     config: ConnectConfig,
     refresh: RefreshConfig,
     exchanges: AtomicU64,
@@ -114,12 +122,17 @@ impl Connect {
         config: ConnectConfig,
         refresh: RefreshConfig,
     ) -> Connect {
+        let cookies = config
+            .listen
+            .and(config.public_url.as_deref())
+            .and_then(CookieScope::new);
         Connect {
             grants,
             http,
             clients,
             keys,
             links,
+            cookies,
             config,
             refresh,
             exchanges: AtomicU64::new(0),
@@ -196,13 +209,33 @@ impl Connect {
     }
 
     /// Starts an authorization request: records its `state` and returns the provider's URL.
-    pub async fn start(&self, mut req: ConnectRequest) -> Result<Started, ConnectError> {
+    /// The app sends its user there itself, so grantd binds the flow to no browser.
+    pub async fn start(&self, req: ConnectRequest) -> Result<Started, ConnectError> {
+        Ok(self.begin(req, false).await?.0)
+    }
+
+    /// `bind`: the browser is here (a connect link); bind the flow to it with a cookie (the
+    /// returned `Set-Cookie`) when the callback will come back to this listener's origin.
+    async fn begin(
+        &self,
+        mut req: ConnectRequest,
+        bind: bool,
+    ) -> Result<(Started, Option<String>), ConnectError> {
         let client = self.prepare(&mut req).await?;
         let now = now_ms();
         let state = random_token();
         let hash = sha256_hex(&state);
         let verifier = client.auth.pkce.then(random_token);
         let redirect_uri = self.redirect_uri(client)?;
+        let cookie = self
+            .cookies
+            .as_ref()
+            .filter(|c| bind && c.covers(&redirect_uri))
+            .map(|c| {
+                let secret = random_token();
+                let set = c.set(&hash, &secret, &redirect_uri, self.config.state_ttl);
+                (set, sha256_hex(&secret))
+            });
         let scopes = scopes(client, req.scopes.as_deref());
         let connection_id = req.connection_id.clone().unwrap_or_default();
         let record = ConnectState {
@@ -214,6 +247,7 @@ impl Connect {
                 self.keys
                     .seal(&format!("{VERIFIER_AAD}\0{hash}"), v.as_bytes())
             }),
+            browser: cookie.as_ref().map(|(_, proof)| proof.clone()),
             detail: json!({"redirect_uri": redirect_uri, "return_to": req.return_to, "scopes": scopes}),
             created_at: now,
             expires_at: now + self.config.state_ttl.as_millis() as i64,
@@ -231,12 +265,13 @@ impl Connect {
             &scopes,
             req.login_hint.as_deref(),
         )?;
-        Ok(Started {
+        let started = Started {
             integration: req.integration,
             connection_id,
             authorization_url: url,
             expires_at: rfc3339(record.expires_at),
-        })
+        };
+        Ok((started, cookie.map(|(set, _)| set)))
     }
 
     /// A connect link for the request, when the public listener is on: (url, expires_at).
@@ -257,8 +292,9 @@ impl Connect {
         Ok(self.read_link(token, now_ms())?.request)
     }
 
-    /// The user confirmed a connect link: use it up and start the authorization request.
-    pub async fn open_link(&self, token: &str) -> Result<String, ConnectError> {
+    /// The user confirmed a connect link: use it up and start the authorization request,
+    /// bound to the browser that confirmed.
+    pub async fn open_link(&self, token: &str) -> Result<Opened, ConnectError> {
         let now = now_ms();
         let claims = self.read_link(token, now)?;
         let first = self
@@ -274,7 +310,11 @@ impl Connect {
                 "This link was already used: each link works once. Ask the app for a new one.",
             ));
         }
-        Ok(self.start(claims.request).await?.authorization_url)
+        let (started, set_cookie) = self.begin(claims.request, true).await?;
+        Ok(Opened {
+            authorization_url: started.authorization_url,
+            set_cookie,
+        })
     }
 
     fn read_link(&self, token: &str, now: i64) -> Result<link::LinkClaims, ConnectError> {
@@ -295,281 +335,6 @@ impl Connect {
             ),
         })
     }
-
-    /// The provider sent the browser back: validate `state`, exchange the code exactly once,
-    /// store the tokens on the connection, and say where the browser goes next.
-    pub async fn callback(&self, query: &HashMap<String, String>) -> Finished {
-        match self.complete(query).await {
-            Err(e) => page(e),
-            Ok(done) => finished(done.outcome, done.return_to.as_deref(), &done.state),
-        }
-    }
-
-    /// `Err`: the state itself was bad (nothing is known about the request). `Ok`: the state
-    /// was taken, and `outcome` says how the rest went. Also what `POST /v1/connect/callback`
-    /// runs for an app that hosts the redirect URI itself and relays the query.
-    pub async fn complete(
-        &self,
-        query: &HashMap<String, String>,
-    ) -> Result<Completed, ConnectError> {
-        let state = self.take_state(query).await?;
-        let return_to = state.detail["return_to"]
-            .as_str()
-            .filter(|r| allowed(r, &self.config.return_to))
-            .map(str::to_string);
-        let outcome = if let Some(code) = query.get("error") {
-            let description = query.get("error_description").map_or("", String::as_str);
-            let message = format!("The provider did not grant access: {code} {description}");
-            Err(err(
-                StatusCode::BAD_REQUEST,
-                provider_code(code),
-                message.trim_end(),
-            ))
-        } else {
-            match query.get("code").filter(|c| !c.is_empty()) {
-                Some(code) => self.exchange(&state, code).await,
-                None => Err(err(
-                    StatusCode::BAD_REQUEST,
-                    "missing_code",
-                    "The provider sent no authorization code.",
-                )),
-            }
-        };
-        Ok(Completed {
-            state,
-            return_to,
-            outcome,
-        })
-    }
-
-    async fn take_state(
-        &self,
-        query: &HashMap<String, String>,
-    ) -> Result<ConnectState, ConnectError> {
-        let state = query.get("state").filter(|s| !s.is_empty()).ok_or_else(|| {
-            err(
-                StatusCode::BAD_REQUEST,
-                "missing_state",
-                "This request has no state, so it did not come from a sign-in grantd started. Start again from the app.",
-            )
-        })?;
-        let now = now_ms();
-        let taken = self
-            .grants
-            .store()
-            .take_connect_state(&sha256_hex(state), now)
-            .await
-            .map_err(unavailable)?;
-        match taken {
-            Taken::Unknown => Err(err(
-                StatusCode::BAD_REQUEST,
-                "invalid_state",
-                "This sign-in request is unknown to grantd: its state was altered, or it was started by another deployment. Start again from the app.",
-            )),
-            Taken::Used(_) => Err(err(
-                StatusCode::CONFLICT,
-                "state_used",
-                "This sign-in was already completed or attempted: each one can be used once. Start again from the app.",
-            )),
-            Taken::Fresh(s) if s.expires_at <= now => Err(err(
-                StatusCode::BAD_REQUEST,
-                "state_expired",
-                format!(
-                    "This sign-in request expired at {} (they are valid for {} s). Start again from the app.",
-                    rfc3339(s.expires_at),
-                    self.config.state_ttl.as_secs()
-                ),
-            )),
-            Taken::Fresh(s) => Ok(s),
-        }
-    }
-
-    /// The one token call for this code. Whatever happens, it is not repeated: a code that
-    /// reached the provider may be spent, and a reuse revokes what it issued.
-    async fn exchange(&self, state: &ConnectState, code: &str) -> Result<(), ConnectError> {
-        let client = self.clients.get(&state.integration).ok_or_else(|| {
-            err(
-                StatusCode::CONFLICT,
-                "unknown_integration",
-                format!("`{}` has no OAuth client any more", state.integration),
-            )
-        })?;
-        let redirect_uri = state.detail["redirect_uri"].as_str().unwrap_or_default();
-        let verifier = self.open_verifier(state)?;
-        let mut form = vec![
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", redirect_uri),
-        ];
-        if let Some(v) = &verifier {
-            form.push(("code_verifier", v));
-        }
-        let metadata = match self.grants.store().get(&state.connection_id).await {
-            Ok(Some(row)) => row.metadata,
-            _ => json!({}),
-        };
-        self.exchanges.fetch_add(1, Ordering::Relaxed);
-        let result = token::call(
-            &self.http,
-            client,
-            &form,
-            &metadata,
-            self.refresh.token_timeout,
-        )
-        .await;
-        // Expiry counts from when the answer arrived here, not from any provider clock.
-        let received = now_ms();
-        let fields = match result {
-            TokenResult::Tokens(fields) => fields,
-            TokenResult::Grant(f) | TokenResult::Config(f) | TokenResult::Transient(f, _) => {
-                tracing::warn!(connection = %state.connection_id, integration = %state.integration, error = %f.code, "authorization code exchange failed");
-                let why = f
-                    .description
-                    .map_or(f.code.clone(), |d| format!("{}: {d}", f.code));
-                return Err(err(
-                    StatusCode::BAD_GATEWAY,
-                    "exchange_failed",
-                    format!("The provider did not accept the authorization ({why}). Start again from the app."),
-                ));
-            }
-        };
-        let scopes = state.detail["scopes"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_default();
-        self.store_tokens(state, &scopes, &fields, received).await
-    }
-
-    /// The tokens exist only in this call now: a failed write is retried for a while.
-    async fn store_tokens(
-        &self,
-        state: &ConnectState,
-        scopes: &str,
-        fields: &serde_json::Map<String, serde_json::Value>,
-        received: i64,
-    ) -> Result<(), ConnectError> {
-        let mut delay = std::time::Duration::from_millis(100);
-        for attempt in 1.. {
-            match self
-                .grants
-                .store_authorized(
-                    &state.connection_id,
-                    &state.integration,
-                    scopes,
-                    fields,
-                    self.refresh.default_lifetime,
-                    received,
-                )
-                .await
-            {
-                Ok(view) => {
-                    tracing::info!(connection = %view.id, integration = %view.integration, version = view.version, "connection authorized");
-                    return Ok(());
-                }
-                Err(e) if attempt < 8 => {
-                    tracing::error!(connection = %state.connection_id, error = %e, attempt, "cannot store the new grant; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(e) => {
-                    return Err(err(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "store_failed",
-                        format!("The authorization worked but could not be saved ({e}). Start again from the app."),
-                    ))
-                }
-            }
-        }
-        unreachable!("the loop returns")
-    }
-
-    fn open_verifier(&self, state: &ConnectState) -> Result<Option<String>, ConnectError> {
-        let Some(sealed) = &state.verifier else {
-            return Ok(None);
-        };
-        let aad = format!("{VERIFIER_AAD}\0{}", state.hash);
-        self.keys
-            .open(&state.key_id, &aad, sealed)
-            .ok()
-            .and_then(|v| String::from_utf8(v).ok())
-            .map(Some)
-            .ok_or_else(|| {
-                err(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "unreadable_state",
-                    "This sign-in request cannot be read (was the encryption key changed?). Start again from the app.",
-                )
-            })
-    }
-}
-
-/// A provider's `error` becomes our code when it is one of RFC 6749 §4.1.2.1's.
-fn provider_code(code: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "access_denied",
-        "invalid_request",
-        "unauthorized_client",
-        "unsupported_response_type",
-        "invalid_scope",
-        "server_error",
-        "temporarily_unavailable",
-    ];
-    KNOWN
-        .iter()
-        .find(|k| **k == code)
-        .copied()
-        .unwrap_or("authorization_denied")
-}
-
-fn finished(
-    outcome: Result<(), ConnectError>,
-    return_to: Option<&str>,
-    state: &ConnectState,
-) -> Finished {
-    let base = [
-        ("connection_id", state.connection_id.as_str()),
-        ("integration", state.integration.as_str()),
-    ];
-    match (outcome, return_to) {
-        (Ok(()), Some(r)) => Finished::Redirect(with_query(r, &[("status", "connected")], &base)),
-        (Ok(()), None) => Finished::Page {
-            status: StatusCode::OK,
-            title: "Connected".into(),
-            message: format!(
-                "{} is connected. You can close this window.",
-                state.integration
-            ),
-        },
-        (Err(e), Some(r)) => Finished::Redirect(with_query(
-            r,
-            &[
-                ("status", "error"),
-                ("error", e.code),
-                ("error_description", &e.message),
-            ],
-            &base,
-        )),
-        (Err(e), None) => page(e),
-    }
-}
-
-fn page(e: ConnectError) -> Finished {
-    Finished::Page {
-        status: e.status,
-        title: "Not connected".into(),
-        message: e.message,
-    }
-}
-
-fn with_query(url: &str, first: &[(&str, &str)], then: &[(&str, &str)]) -> String {
-    let mut u = url::Url::parse(url).expect("return_to was validated");
-    u.query_pairs_mut().extend_pairs(first).extend_pairs(then);
-    u.to_string()
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ConnectError {
@@ -640,35 +405,6 @@ fn pkce_challenge(verifier: &str) -> String {
     ))
 }
 
-/// Whether `return_to` is under one of the allowed prefixes: same scheme, host and port, and
-/// a path that is the prefix's or continues it at a `/`. URLs are parsed (WHATWG), so
-/// `https://app.example@evil.example/` or `//evil.example` do not pass for `app.example`.
-pub fn allowed(return_to: &str, allow: &[String]) -> bool {
-    let Ok(u) = url::Url::parse(return_to) else {
-        return false;
-    };
-    if !matches!(u.scheme(), "http" | "https") || !u.username().is_empty() || u.password().is_some()
-    {
-        return false;
-    }
-    allow
-        .iter()
-        .filter_map(|a| url::Url::parse(a).ok())
-        .any(|a| {
-            a.scheme() == u.scheme()
-                && a.host_str() == u.host_str()
-                && a.port_or_known_default() == u.port_or_known_default()
-                && path_under(a.path(), u.path())
-        })
-}
-
-fn path_under(prefix: &str, path: &str) -> bool {
-    prefix == "/"
-        || path == prefix
-        || (path.starts_with(prefix)
-            && (prefix.ends_with('/') || path[prefix.len()..].starts_with('/')))
-}
-
 /// 256 random bits, base64url (43 characters): states and PKCE verifiers.
 fn random_token() -> String {
     let mut b = [0u8; 32];
@@ -692,39 +428,6 @@ fn sha256_hex(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn return_to_must_be_under_an_allowed_prefix() {
-        let allow = vec![
-            "https://app.example/settings".to_string(),
-            "http://localhost:3000/".to_string(),
-        ];
-        for ok in [
-            "https://app.example/settings",
-            "https://app.example/settings/integrations?tab=1",
-            "https://APP.example/settings#x",
-            "https://app.example:443/settings/",
-            "http://localhost:3000/anything",
-        ] {
-            assert!(allowed(ok, &allow), "{ok} should pass");
-        }
-        for bad in [
-            "https://app.example/settingsx",
-            "https://app.example/other",
-            "https://app.example.evil.example/settings",
-            "https://app.example@evil.example/settings",
-            "https://user@app.example/settings",
-            "http://app.example/settings",
-            "https://app.example:8443/settings",
-            "//evil.example/settings",
-            "javascript:alert(1)",
-            "https://app.example/settings/../admin",
-            "http://localhost:3001/",
-        ] {
-            assert!(!allowed(bad, &allow), "{bad} must not pass");
-        }
-        assert!(!allowed("https://app.example/settings", &[]));
-    }
 
     #[test]
     fn pkce_challenge_matches_rfc_7636_appendix_b() {

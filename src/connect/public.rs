@@ -1,8 +1,9 @@
 //! The public, browser-facing listener (`connect.listen`, off by default):
 //! `GET /connect/{token}` (a connect link: a page with one "Continue" button, so a mail
 //! scanner's or chat unfurler's fetch does not use the single-use link up), `POST
-//! /connect/{token}` (uses the link, redirects to the provider) and `GET /oauth/callback` (the
-//! provider's redirect back). Every response is `no-store`,
+//! /connect/{token}` (uses the link, sets the cookie that binds the flow to this browser,
+//! redirects to the provider) and `GET /oauth/callback` (the provider's redirect back, which
+//! must come with that cookie). Every response is `no-store`,
 //! sends no referrer (the callback URL holds a code) and cannot be framed.
 //!
 //! Owns only the HTTP surface; the flow itself is [`Connect`]'s.
@@ -74,7 +75,14 @@ impl Public {
                     .entry(k.into_owned())
                     .or_insert_with(|| v.into_owned());
             }
-            return match self.connect.callback(&query).await {
+            let cookies: Vec<&str> = req
+                .headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let answer = self.connect.callback(&query, &cookies).await;
+            let resp = match answer.finished {
                 Finished::Redirect(url) => redirect(&url),
                 Finished::Page {
                     status,
@@ -82,6 +90,7 @@ impl Public {
                     message,
                 } => html(status, &title, &message),
             };
+            return with_cookie(resp, answer.set_cookie.as_deref());
         }
         if path == "/healthz" {
             return html(StatusCode::OK, "OK", "grantd connect listener");
@@ -97,11 +106,12 @@ impl Public {
                 let action = format!("/connect/{token}");
                 confirm_page(&req.integration, &action)
             }),
-            Method::POST => self
-                .connect
-                .open_link(token)
-                .await
-                .map(|url| redirect(&url)),
+            Method::POST => self.connect.open_link(token).await.map(|opened| {
+                with_cookie(
+                    redirect(&opened.authorization_url),
+                    opened.set_cookie.as_deref(),
+                )
+            }),
             _ => {
                 return html(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -150,6 +160,13 @@ fn secure(mut resp: Response<Body>) -> Response<Body> {
             "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' http: https:",
         ),
     );
+    resp
+}
+
+fn with_cookie(mut resp: Response<Body>, set_cookie: Option<&str>) -> Response<Body> {
+    if let Some(value) = set_cookie.and_then(|c| HeaderValue::from_str(c).ok()) {
+        resp.headers_mut().append(header::SET_COOKIE, value);
+    }
     resp
 }
 

@@ -310,6 +310,7 @@ for_every_store!(
     a_config_error_episode_is_one_event,
     leases_are_capped_per_integration,
     a_connect_state_is_taken_once_even_under_a_race,
+    a_browser_bound_state_is_taken_only_with_its_proof,
     a_connect_link_is_used_once,
 );
 
@@ -321,16 +322,17 @@ pub async fn a_connect_state_is_taken_once_even_under_a_race(s: &dyn Store) {
         connection_id: "c1".into(),
         key_id: "k1".into(),
         verifier: Some(b"sealed-verifier".to_vec()),
+        browser: None,
         detail: serde_json::json!({"redirect_uri": "https://x/cb"}),
         created_at: now,
         expires_at: now + 600_000,
     };
     s.put_connect_state(&state, now).await.unwrap();
     assert_eq!(
-        s.take_connect_state("nope", now).await.unwrap(),
+        s.take_connect_state("nope", None, now).await.unwrap(),
         Taken::Unknown
     );
-    let take = || s.take_connect_state("h1", now);
+    let take = || s.take_connect_state("h1", None, now);
     let (a, b, c, d) = tokio::join!(take(), take(), take(), take());
     let takes = [a, b, c, d].map(Result::unwrap);
     let fresh = takes
@@ -346,8 +348,40 @@ pub async fn a_connect_state_is_taken_once_even_under_a_race(s: &dyn Store) {
         "read back intact"
     );
     assert_eq!(
-        s.take_connect_state("h1", now).await.unwrap(),
+        s.take_connect_state("h1", None, now).await.unwrap(),
         Taken::Used(state)
+    );
+}
+
+pub async fn a_browser_bound_state_is_taken_only_with_its_proof(s: &dyn Store) {
+    let now = now_ms();
+    let state = ConnectState {
+        hash: "hb".into(),
+        integration: "google".into(),
+        connection_id: "c1".into(),
+        key_id: "k1".into(),
+        verifier: None,
+        browser: Some("cookie-hash-a".into()),
+        detail: serde_json::json!({}),
+        created_at: now,
+        expires_at: now + 600_000,
+    };
+    s.put_connect_state(&state, now).await.unwrap();
+    for foreign in [None, Some("cookie-hash-b"), Some("")] {
+        assert_eq!(
+            s.take_connect_state("hb", foreign, now).await.unwrap(),
+            Taken::Foreign(state.clone()),
+            "{foreign:?}"
+        );
+    }
+    // Refusals did not use it up: its own browser takes it, once.
+    let take = || s.take_connect_state("hb", Some("cookie-hash-a"), now);
+    assert_eq!(take().await.unwrap(), Taken::Fresh(state.clone()));
+    assert_eq!(take().await.unwrap(), Taken::Used(state.clone()));
+    assert_eq!(
+        s.take_connect_state("hb", None, now).await.unwrap(),
+        Taken::Used(state),
+        "once used, it says so to anyone"
     );
 }
 

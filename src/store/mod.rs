@@ -174,7 +174,8 @@ pub enum DeliveryResult {
 }
 
 /// One authorization request in flight (the connect flow). `hash` is the SHA-256 of the
-/// `state` sent to the provider; the PKCE verifier is sealed like a token.
+/// `state` sent to the provider; the PKCE verifier is sealed like a token; `browser` (the
+/// SHA-256 of a cookie) binds it to the browser that started it, when grantd saw that browser.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnectState {
     pub hash: String,
@@ -182,6 +183,8 @@ pub struct ConnectState {
     pub connection_id: String,
     pub key_id: String,
     pub verifier: Option<Vec<u8>>,
+    /// Hex SHA-256 of the binding cookie's value; `None`: not bound to a browser.
+    pub browser: Option<String>,
     /// redirect_uri, return_to, scopes: what the callback needs besides the code.
     pub detail: serde_json::Value,
     pub created_at: i64,
@@ -195,6 +198,8 @@ pub enum Taken {
     Fresh(ConnectState),
     /// It was used before (a replayed or doubled callback).
     Used(ConnectState),
+    /// Unused, but bound to another browser than the caller's: it stays unused.
+    Foreign(ConnectState),
     Unknown,
 }
 
@@ -264,7 +269,14 @@ pub trait Store: Send + Sync + 'static {
     /// Records an authorization request (and sweeps long-expired ones).
     async fn put_connect_state(&self, state: &ConnectState, now: i64) -> Result<(), StoreError>;
     /// Marks the state used, atomically: of any number of concurrent callers one gets `Fresh`.
-    async fn take_connect_state(&self, hash: &str, now: i64) -> Result<Taken, StoreError>;
+    /// A state bound to a browser is taken only with that browser's proof (`browser`, the hex
+    /// SHA-256 of its cookie); without it the caller gets `Foreign` and the state stays unused.
+    async fn take_connect_state(
+        &self,
+        hash: &str,
+        browser: Option<&str>,
+        now: i64,
+    ) -> Result<Taken, StoreError>;
     /// Records a connect link's use; false if it was used before.
     async fn use_connect_link(
         &self,

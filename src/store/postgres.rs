@@ -529,8 +529,13 @@ impl Store for PostgresStore {
         put_state(&self.pool, state, now).await
     }
 
-    async fn take_connect_state(&self, hash: &str, now: i64) -> Result<Taken, StoreError> {
-        take_state(&self.pool, hash, now).await
+    async fn take_connect_state(
+        &self,
+        hash: &str,
+        browser: Option<&str>,
+        now: i64,
+    ) -> Result<Taken, StoreError> {
+        take_state(&self.pool, hash, browser, now).await
     }
 
     async fn use_connect_link(

@@ -102,13 +102,14 @@ macro_rules! connect_statements {
                 .map_err(db)?;
             sqlx::query(&$sql(
                 "INSERT INTO connect_states (state_hash, integration, connection_id, key_id, verifier, \
-                 detail, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 browser_hash, detail, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             ))
             .bind(&s.hash)
             .bind(&s.integration)
             .bind(&s.connection_id)
             .bind(&s.key_id)
             .bind(&s.verifier)
+            .bind(&s.browser)
             .bind(s.detail.to_string())
             .bind(s.created_at)
             .bind(s.expires_at)
@@ -118,10 +119,15 @@ macro_rules! connect_statements {
             Ok(())
         }
 
-        async fn take_state(pool: &$pool, hash: &str, now: i64) -> Result<Taken, StoreError> {
+        async fn take_state(
+            pool: &$pool,
+            hash: &str,
+            browser: Option<&str>,
+            now: i64,
+        ) -> Result<Taken, StoreError> {
             let Some(r) = sqlx::query(&$sql(
-                "SELECT state_hash, integration, connection_id, key_id, verifier, detail, created_at, \
-                 expires_at, used_at FROM connect_states WHERE state_hash = ?",
+                "SELECT state_hash, integration, connection_id, key_id, verifier, browser_hash, detail, \
+                 created_at, expires_at, used_at FROM connect_states WHERE state_hash = ?",
             ))
             .bind(hash)
             .fetch_optional(pool)
@@ -137,16 +143,27 @@ macro_rules! connect_statements {
                 connection_id: r.try_get("connection_id").map_err(db)?,
                 key_id: r.try_get("key_id").map_err(db)?,
                 verifier: r.try_get("verifier").map_err(db)?,
+                browser: r.try_get("browser_hash").map_err(db)?,
                 detail: serde_json::from_str(&detail).unwrap_or_default(),
                 created_at: r.try_get("created_at").map_err(db)?,
                 expires_at: r.try_get("expires_at").map_err(db)?,
             };
+            if r.try_get::<Option<i64>, _>("used_at").map_err(db)?.is_some() {
+                return Ok(Taken::Used(state));
+            }
+            // The binding never changes once written, so checking it before the gate is safe;
+            // the gate repeats it anyway.
+            if state.browser.is_some() && state.browser.as_deref() != browser {
+                return Ok(Taken::Foreign(state));
+            }
             // The single-use gate: exactly one caller flips used_at, whatever the race.
             let n = sqlx::query(&$sql(
-                "UPDATE connect_states SET used_at = ? WHERE state_hash = ? AND used_at IS NULL",
+                "UPDATE connect_states SET used_at = ? WHERE state_hash = ? AND used_at IS NULL \
+                 AND (browser_hash IS NULL OR browser_hash = ?)",
             ))
             .bind(now)
             .bind(hash)
+            .bind(browser)
             .execute(pool)
             .await
             .map_err(db)?

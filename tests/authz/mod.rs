@@ -119,8 +119,9 @@ fn skip(why: &str) {
     eprintln!("\n*** SKIPPED connect-flow tests against oidc-provider: {why}\n");
 }
 
-/// A headless browser: follows redirects, keeps cookies per host:port.
-#[derive(Default)]
+/// A headless browser: follows redirects, keeps cookies per host:port. A clone is another tab
+/// of the same browser (its own copy of the jar from then on).
+#[derive(Default, Clone)]
 pub struct Browser {
     cookies: HashMap<String, HashMap<String, String>>,
 }
