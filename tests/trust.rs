@@ -436,3 +436,78 @@ async fn encoded_backslash_and_parameter_dot_segments_are_refused() {
     .await;
     assert!(fine.starts_with("HTTP/1.1 200"), "{fine}");
 }
+
+/// `lab` with its host from connection metadata, allowed where `allowed` says.
+fn tenant_rules(allowed: &str) -> String {
+    format!("integration: lab\nbase_url: \"http://{{metadata.host}}/tenant\"\nallowed_hosts: [\"{allowed}\"]\nallow_http: true\nauth:\n  token_url: \"http://{{metadata.host}}/token\"\nrules: []\n")
+}
+
+#[tokio::test]
+async fn metadata_cannot_send_a_token_or_the_client_secret_to_another_host() {
+    let (good, seen_good) = framing_upstream().await;
+    let (evil, seen_evil) = framing_upstream().await;
+    let config = "integrations:\n  lab: { client_id: id, client_secret: the-client-secret }\n";
+    let g = grantd(config)
+        .rule_file("lab.yaml", &tenant_rules(&good.to_string()))
+        .start();
+    let put = |host: String| {
+        let body = serde_json::json!({"integration": "lab", "metadata": {"host": host},
+            "credentials": {"access_token": "token-of-tenant", "refresh_token": "rt", "expires_in": 3600}});
+        admin(g.admin, "PUT", "/v1/connections/c1", Some(body))
+    };
+    // Refused when stored, naming the key: another port, a host that ends early, a path.
+    for bad in [
+        evil.to_string(),
+        format!("{evil}/#"),
+        format!("{good}@{evil}"),
+        "evil.example".to_string(),
+    ] {
+        let refused = put(bad.clone()).await;
+        assert_eq!(refused.status, 400, "{bad}");
+        assert_eq!(refused.json()["error"], "invalid_metadata");
+        assert!(
+            refused.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("`host`"),
+            "{bad}: {:?}",
+            refused.json()
+        );
+    }
+    assert_eq!(put(good.to_string()).await.status, 200);
+    let ok = send(
+        Request::get(format!("http://{}/lab/me", g.addr))
+            .header("grantd-connection", "c1")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    assert!(seen_good.lock().unwrap()[0]
+        .head
+        .starts_with("GET /tenant/me"));
+
+    // Checked again before use: the operator narrows the allow-list; the stored value no
+    // longer fits, so neither a request nor a refresh goes anywhere.
+    let dir = g.stop();
+    let g = grantd(config)
+        .rule_file("lab.yaml", &tenant_rules("127.0.0.1:1"))
+        .start_in(dir);
+    let refused = send(
+        Request::get(format!("http://{}/lab/me", g.addr))
+            .header("grantd-connection", "c1")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(refused.status, 400, "{:?}", refused.body);
+    assert_eq!(refused.json()["error"], "bad_connection_metadata");
+    let forced = admin(g.admin, "POST", "/v1/connections/c1/refresh", None).await;
+    assert_eq!(forced.status, 200);
+    assert_eq!(
+        seen_good.lock().unwrap().len(),
+        1,
+        "nothing more reached the old host"
+    );
+    assert!(seen_evil.lock().unwrap().is_empty());
+}
