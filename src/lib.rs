@@ -1,9 +1,14 @@
 //! grantd: an egress sidecar that proxies SaaS API calls and tells the truth about their errors.
 //!
-//! Data flows one way: request → route → upstream → rules → verdict → response.
-//! [`proxy`] routes and streams, [`upstream`] owns the outbound client, [`rules`] turns
-//! provider responses into verdicts, [`config`] is the typed deployment config and
-//! [`telemetry`] the logs and metrics.
+//! Data flows one way: request → route (caller check) → connection → upstream → rules →
+//! verdict → (refresher | callbacks) → response.
+//!
+//! Modules, lowest first; each imports only from those before it: [`body`] and [`template`]
+//! (leaves: bodies and their timeouts; URL templates and host allow-lists), [`config`],
+//! [`callers`], [`listener`], [`telemetry`], [`upstream`], [`rules`], [`store`] and
+//! [`callbacks`], [`grants`], [`inject`], [`connect`], [`proxy`], [`admin`], [`app`], [`cli`].
+//! Two edges still point up and are issue 12's to break: `config` → `connect` (the `return_to`
+//! check) and `store` → `callbacks` (events written inside the store's transactions).
 
 pub mod admin;
 pub mod app;
