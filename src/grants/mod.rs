@@ -257,14 +257,17 @@ impl Grants {
         let expires_at = match (c.expires_in, &c.expires_at) {
             (Some(_), Some(_)) => {
                 return Err(GrantError::Invalid(
-                    "give expires_in or expires_at, not both".into(),
+                    "give credentials.expires_in or credentials.expires_at, not both".into(),
                 ))
             }
-            (Some(secs), None) if secs >= 0 => Some(now + secs * 1000),
+            (Some(secs), None) if (0..=token::MAX_LIFETIME_SECS).contains(&secs) => {
+                Some(now + secs * 1000)
+            }
             (Some(_), None) => {
-                return Err(GrantError::Invalid(
-                    "expires_in must not be negative".into(),
-                ))
+                return Err(GrantError::Invalid(format!(
+                    "credentials.expires_in must be 0 to {} seconds (ten years)",
+                    token::MAX_LIFETIME_SECS
+                )))
             }
             (None, Some(at)) => Some(parse_rfc3339(at).ok_or_else(|| {
                 GrantError::Invalid(format!("expires_at `{at}` is not RFC 3339"))

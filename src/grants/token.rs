@@ -159,11 +159,15 @@ pub fn apply_tokens(
         .and_then(|v| v.as_str())
         .map(Secret::new)
         .or_else(|| keep_refresh.cloned());
-    let lifetime = fields
-        .get("expires_in")
-        .and_then(number)
-        .unwrap_or(default_lifetime.as_secs() as i64);
-    next.expires_at = Some(now + lifetime * 1000);
+    let default = (default_lifetime.as_secs() as i64).min(MAX_LIFETIME_SECS);
+    let lifetime = match fields.get("expires_in") {
+        None | Some(serde_json::Value::Null) => default,
+        Some(v) => lifetime_secs(v).unwrap_or_else(|| {
+            tracing::warn!(integration = %next.integration, connection = %next.id, "the token endpoint's expires_in is not a positive number of seconds; using refresh.default_lifetime");
+            default
+        }),
+    };
+    next.expires_at = Some(now.saturating_add(lifetime.saturating_mul(1000)));
     if let Some(scope) = fields.get("scope").and_then(|v| v.as_str()) {
         next.scopes = scope.replace(',', " ");
     }
@@ -340,9 +344,23 @@ pub fn oauth_clients(
     out
 }
 
-pub fn number(v: &serde_json::Value) -> Option<i64> {
-    v.as_i64()
-        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+/// The longest token lifetime grantd believes (ten years): a larger `expires_in` is clamped.
+pub const MAX_LIFETIME_SECS: i64 = 10 * 365 * 86_400;
+
+/// A token answer's `expires_in` (a number, or a string holding one) in whole seconds, clamped
+/// to [`MAX_LIFETIME_SECS`]; `None` unless it is at least one second.
+fn lifetime_secs(v: &serde_json::Value) -> Option<i64> {
+    let secs = match v {
+        serde_json::Value::Number(n) => n.as_f64()?,
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    // NaN fails this comparison too.
+    if secs >= 1.0 {
+        Some(secs.min(MAX_LIFETIME_SECS as f64) as i64)
+    } else {
+        None
+    }
 }
 
 /// Token-response fields other than the tokens themselves are kept as connection metadata
@@ -372,6 +390,39 @@ pub fn merge_metadata(
         if !NOT_METADATA.contains(&k.as_str()) && (v.is_string() || v.is_number() || v.is_boolean())
         {
             obj.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_in_is_a_positive_number_of_seconds_clamped_to_ten_years() {
+        use serde_json::json;
+        for (v, want) in [
+            (json!(3600), Some(3600)),
+            (json!("3600"), Some(3600)),
+            (json!(3599.9), Some(3599)),
+            (json!(i64::MAX), Some(MAX_LIFETIME_SECS)),
+            (json!(u64::MAX), Some(MAX_LIFETIME_SECS)),
+            (json!(1e30), Some(MAX_LIFETIME_SECS)),
+            (json!("9223372036854775807"), Some(MAX_LIFETIME_SECS)),
+        ] {
+            assert_eq!(lifetime_secs(&v), want, "{v}");
+        }
+        for v in [
+            json!(-5),
+            json!(0),
+            json!(0.5),
+            json!("-5"),
+            json!("soon"),
+            json!("NaN"),
+            json!(true),
+            json!({"s": 1}),
+        ] {
+            assert_eq!(lifetime_secs(&v), None, "{v}");
         }
     }
 }
