@@ -151,3 +151,33 @@ async fn put_with_a_huge_expires_in_is_refused_naming_the_field() {
     .await;
     assert_eq!(at_most.status, 200);
 }
+
+#[tokio::test]
+async fn put_with_a_multibyte_expires_at_is_a_400_not_a_dropped_connection() {
+    let p = Provider::start().await;
+    let g = start(&p);
+    for at in [
+        "2026-11-22T06:40:47+€00",
+        "2026-11-22T06:40:47+0€0",
+        "2026-11-22T06:40:47.5€",
+        "２026-11-22T06:40:47Z",
+    ] {
+        let got = put(
+            &g,
+            "acct_1",
+            json!({"access_token": "at-x", "expires_at": at}),
+        )
+        .await;
+        assert_eq!(got.status, 400, "{at}");
+        assert_eq!(got.json()["error"], "invalid_connection");
+        let message = got.json()["message"].as_str().unwrap().to_string();
+        assert!(message.contains("credentials.expires_at"), "{message}");
+    }
+    let fine = put(
+        &g,
+        "acct_1",
+        json!({"access_token": "at-x", "expires_at": "2099-01-01T00:00:00+02:00"}),
+    )
+    .await;
+    assert_eq!(fine.status, 200);
+}
