@@ -181,3 +181,72 @@ async fn put_with_a_multibyte_expires_at_is_a_400_not_a_dropped_connection() {
     .await;
     assert_eq!(fine.status, 200);
 }
+
+#[tokio::test]
+async fn token_response_extras_are_not_kept_unless_the_rule_file_lists_them() {
+    let p = Provider::start().await;
+    p.answer_with(json!({
+        "id_token": "eyJ-secret-id-token",
+        "bot_token": "xoxb-secret-bot-token",
+        "authed_user": {"id": "U1", "access_token": "xoxp-secret-user-token"},
+        "signature": "secret-signature",
+        "team_name": "Acme",
+    }));
+    p.grant("rt-0");
+    let g = start(&p);
+    let body = json!({
+        "integration": "lab",
+        "credentials": {"access_token": "at-stale", "refresh_token": "rt-0", "expires_in": 0},
+        "metadata": {"tenant": "t-1"},
+    });
+    let put = admin(g.admin, "PUT", "/v1/connections/acct_1", Some(body)).await;
+    assert_eq!(put.status, 200);
+    assert_eq!(call(&g, "acct_1").await, 200);
+    assert_eq!(p.calls(), 1);
+    let view = admin(g.admin, "GET", "/v1/connections/acct_1", None).await;
+    assert_eq!(
+        view.json()["metadata"],
+        json!({"tenant": "t-1", "instance_url": "https://example.invalid"}),
+        "the app's metadata and the one field the rule file lists"
+    );
+    let list = admin(g.admin, "GET", "/v1/connections", None).await;
+    for text in [&view.body, &list.body] {
+        let text = String::from_utf8_lossy(text);
+        for secret in ["secret", "Acme", "U1"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
+}
+
+#[test]
+fn only_salesforce_keeps_a_token_response_field() {
+    let sets = grantd::rules::load_dir(&repo_path("rules")).expect("shipped rules load");
+    for (name, set) in &sets {
+        let keep = &set
+            .auth
+            .as_ref()
+            .expect("shipped files have auth")
+            .token_metadata;
+        let expected: &[&str] = if name == "salesforce" {
+            &["instance_url"]
+        } else {
+            &[]
+        };
+        assert_eq!(keep, expected, "{name}");
+    }
+}
+
+#[test]
+fn a_rule_file_cannot_keep_a_token_as_metadata() {
+    let text = oauth::RULES.replace(
+        "token_metadata: [instance_url]",
+        "token_metadata: [instance_url, id_token]",
+    );
+    let errors = grantd::rules::file::parse("lab.yaml", &text, Some("lab")).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("auth.token_metadata") && e.contains("`id_token` is a token")),
+        "{errors:?}"
+    );
+}

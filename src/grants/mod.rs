@@ -297,9 +297,7 @@ impl Grants {
         id: &str,
         integration: &str,
         requested_scopes: &str,
-        fields: &serde_json::Map<String, serde_json::Value>,
-        default_lifetime: std::time::Duration,
-        now: i64,
+        answer: &token::Answer<'_>,
     ) -> Result<ConnectionView, GrantError> {
         validate_id(id)?;
         let previous = self.store.get(id).await?;
@@ -307,20 +305,13 @@ impl Grants {
             Some(p) => self.open(p)?.refresh_token,
             None => None,
         };
-        let mut row = active_row(id, integration, previous.as_ref(), now);
+        let mut row = active_row(id, integration, previous.as_ref(), answer.received);
         // Replaced by the response's `scope` when it has one.
         row.scopes = requested_scopes.to_string();
         if let Some(p) = &previous {
             row.metadata = p.metadata.clone();
         }
-        token::apply_tokens(
-            self,
-            &mut row,
-            fields,
-            kept_refresh.as_ref(),
-            default_lifetime,
-            now,
-        );
+        token::apply_tokens(self, &mut row, answer, kept_refresh.as_ref());
         self.replace(row, previous.as_ref(), "reauthorized").await
     }
 
@@ -519,15 +510,23 @@ mod tests {
     async fn authorized_expiry_counts_from_our_clock_not_the_providers() {
         let (_dir, g) = grants().await;
         let now = now_ms();
-        // A provider whose clock is a day ahead also sends absolute timestamps: ignored.
-        let answer = fields(serde_json::json!({
+        // A provider whose clock is a day ahead also sends absolute timestamps: ignored. Of
+        // the extra fields only the one the rule file lists is kept (an id_token is a secret).
+        let first = fields(serde_json::json!({
             "access_token": "at-1", "refresh_token": "rt-1", "expires_in": "3600",
             "expires_at": (now / 1000) + 86_400 + 3600, "expires_on": "1700000000",
             "ext_expires_in": 7200, "instance_url": "https://x.my.salesforce.com",
+            "id_token": "eyJ-secret", "bot_token": "xoxb-secret",
         }));
-        let hour = std::time::Duration::from_secs(3600);
+        let keep = ["instance_url".to_string()];
+        let answer = |fields, received| token::Answer {
+            fields,
+            metadata_keys: &keep,
+            default_lifetime: std::time::Duration::from_secs(3600),
+            received,
+        };
         let v = g
-            .store_authorized("c1", "lab", "email", &answer, hour, now)
+            .store_authorized("c1", "lab", "email", &answer(&first, now))
             .await
             .unwrap();
         let row = g.store().get("c1").await.unwrap().unwrap();
@@ -551,7 +550,7 @@ mod tests {
         paused.status = Status::NeedsReauth;
         assert!(g.store().cas(&paused, row.version, None).await.unwrap());
         let again = fields(serde_json::json!({"access_token": "at-2", "scope": "email,profile"}));
-        g.store_authorized("c1", "lab", "email", &again, hour, now + 5)
+        g.store_authorized("c1", "lab", "email", &answer(&again, now + 5))
             .await
             .unwrap();
         let grant = g.load("c1").await.unwrap();

@@ -139,17 +139,27 @@ fn token_request(
         .map_err(|e| format!("token request: {e}"))
 }
 
-/// Writes a token response into `next`: tokens sealed, expiry from the *local* receipt time
-/// `now` plus `expires_in` (provider clocks and absolute timestamps are ignored), scopes and
-/// extra fields as metadata. A response without a refresh token keeps `keep_refresh`.
+/// A successful token answer, with what the deployment says about reading it.
+pub struct Answer<'a> {
+    pub fields: &'a serde_json::Map<String, serde_json::Value>,
+    /// The rule file's `auth.token_metadata`: the only fields kept as connection metadata.
+    pub metadata_keys: &'a [String],
+    /// The lifetime when `expires_in` is absent or unusable.
+    pub default_lifetime: Duration,
+    /// When the answer arrived, by grantd's clock (unix ms): expiry counts from here.
+    pub received: i64,
+}
+
+/// Writes a token answer into `next`: tokens sealed, expiry from the *local* receipt time plus
+/// `expires_in` (provider clocks and absolute timestamps are ignored), scopes, and the fields
+/// the rule file lists as metadata. An answer without a refresh token keeps `keep_refresh`.
 pub fn apply_tokens(
     grants: &Grants,
     next: &mut Row,
-    fields: &serde_json::Map<String, serde_json::Value>,
+    answer: &Answer<'_>,
     keep_refresh: Option<&Secret>,
-    default_lifetime: Duration,
-    now: i64,
 ) {
+    let fields = answer.fields;
     let access = fields
         .get("access_token")
         .and_then(|v| v.as_str())
@@ -159,7 +169,7 @@ pub fn apply_tokens(
         .and_then(|v| v.as_str())
         .map(Secret::new)
         .or_else(|| keep_refresh.cloned());
-    let default = (default_lifetime.as_secs() as i64).min(MAX_LIFETIME_SECS);
+    let default = (answer.default_lifetime.as_secs() as i64).min(MAX_LIFETIME_SECS);
     let lifetime = match fields.get("expires_in") {
         None | Some(serde_json::Value::Null) => default,
         Some(v) => lifetime_secs(v).unwrap_or_else(|| {
@@ -167,11 +177,15 @@ pub fn apply_tokens(
             default
         }),
     };
-    next.expires_at = Some(now.saturating_add(lifetime.saturating_mul(1000)));
+    next.expires_at = Some(
+        answer
+            .received
+            .saturating_add(lifetime.saturating_mul(1000)),
+    );
     if let Some(scope) = fields.get("scope").and_then(|v| v.as_str()) {
         next.scopes = scope.replace(',', " ");
     }
-    merge_metadata(&mut next.metadata, fields);
+    merge_metadata(&mut next.metadata, fields, answer.metadata_keys);
     grants.seal_into(next, access.as_ref(), refresh.as_ref());
     next.status = Status::Active;
     next.refresh_failures = 0;
@@ -363,31 +377,22 @@ fn lifetime_secs(v: &serde_json::Value) -> Option<i64> {
     }
 }
 
-/// Token-response fields other than the tokens themselves are kept as connection metadata
-/// (e.g. Salesforce's `instance_url`).
-pub fn merge_metadata(
+/// Keeps the token-answer fields named in `keep` (strings, numbers, booleans) as connection
+/// metadata, e.g. Salesforce's `instance_url`. Nothing else is kept: extras are often secrets
+/// (`id_token`, Slack's `bot_token`, `authed_user.access_token`).
+fn merge_metadata(
     metadata: &mut serde_json::Value,
     fields: &serde_json::Map<String, serde_json::Value>,
+    keep: &[String],
 ) {
-    const NOT_METADATA: &[&str] = &[
-        "access_token",
-        "refresh_token",
-        "id_token",
-        "expires_in",
-        "token_type",
-        "scope",
-        "refresh_token_expires_in",
-        // Provider clocks: expiry comes from `expires_in` and our clock only.
-        "expires_at",
-        "expires_on",
-        "ext_expires_in",
-    ];
     if !metadata.is_object() {
         *metadata = serde_json::json!({});
     }
     let obj = metadata.as_object_mut().expect("made an object above");
-    for (k, v) in fields {
-        if !NOT_METADATA.contains(&k.as_str()) && (v.is_string() || v.is_number() || v.is_boolean())
+    for k in keep {
+        if let Some(v) = fields
+            .get(k)
+            .filter(|v| v.is_string() || v.is_number() || v.is_boolean())
         {
             obj.insert(k.clone(), v.clone());
         }

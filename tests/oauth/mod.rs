@@ -325,13 +325,15 @@ fn basic_auth_ok(header: Option<&str>) -> bool {
     dec(id).as_deref() == Some(CLIENT_ID) && dec(secret).as_deref() == Some(CLIENT_SECRET)
 }
 
-/// The rule file for the fake provider: OAuth with Basic client auth, no response rules.
+/// The rule file for the fake provider: OAuth with Basic client auth, `instance_url` kept from
+/// token answers, no response rules.
 pub const RULES: &str = r#"
 integration: lab
 base_url: http://127.0.0.1:1
 auth:
   token_url: http://127.0.0.1:1/token
   client_auth: basic
+  token_metadata: [instance_url]
 rules: []
 "#;
 
