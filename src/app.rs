@@ -60,13 +60,14 @@ impl App {
             .thread_name("grantd-control")
             .enable_all()
             .build()?;
-        let mut outbox =
+        let outbox =
             crate::callbacks::deliver::outbox(&config.callbacks).map_err(anyhow::Error::msg)?;
         let connect_keys = Arc::new(
             Keyring::new(&encryption.key, &encryption.previous_keys).map_err(anyhow::Error::msg)?,
         );
         let links = Links::new(connect_keys.clone(), &config.connect).map(Arc::new);
-        outbox.reconnect = links
+        // The delivery worker makes each authentication_error's reconnect_url when it sends it.
+        let reconnect_links = links
             .clone()
             .map(|l| l as Arc<dyn crate::callbacks::events::ReconnectLinks>);
         let store = control.block_on(open_store(&config.store, outbox))?;
@@ -144,9 +145,13 @@ impl App {
         };
         control.spawn(refresher.clone().run_proactive());
         let callback_client = upstream::client(&config.upstream, tls);
-        let deliverer =
-            crate::callbacks::deliver::Deliverer::new(store, callback_client, &config.callbacks)
-                .map_err(anyhow::Error::msg)?;
+        let deliverer = crate::callbacks::deliver::Deliverer::new(
+            store,
+            callback_client,
+            &config.callbacks,
+            reconnect_links,
+        )
+        .map_err(anyhow::Error::msg)?;
         control.spawn(Arc::new(deliverer).run());
 
         let listeners = bind_workers(config.listen, config.workers)

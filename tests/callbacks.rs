@@ -223,6 +223,78 @@ async fn a_config_error_episode_is_one_event_and_recovery_is_one_more() {
     assert_eq!(via, vec!["refresh_succeeded", "refresh_succeeded"]);
 }
 
+/// A reconnect link is a bearer credential: it is minted when the event is sent (expiring
+/// `link_ttl` after the event, whichever attempt carries it) and never written to the store.
+#[tokio::test]
+async fn reconnect_links_are_minted_at_delivery_and_never_stored() {
+    use sqlx::Connection as _;
+    let (recv, raddr) = Receiver::start(2).await;
+    let p = Provider::start().await;
+    let public_url = "http://connect.test";
+    let g = start(
+        &p,
+        raddr,
+        &format!(
+            "connect: {{ listen: \"127.0.0.1:0\", public_url: \"{public_url}\", link_ttl: 1h }}\n"
+        ),
+    );
+    put(&g, "acct_1", "rt-never-issued").await;
+    assert_eq!(call(g.addr, "acct_1").await, 401);
+    let got = recv.wait_for("authentication_error", 1).await;
+    assert_eq!(
+        recv.attempts.lock().unwrap().len(),
+        3,
+        "two failures, then success"
+    );
+    let url = got[0]["data"]["reconnect_url"].as_str().unwrap();
+    let token = url
+        .strip_prefix(&format!("{public_url}/connect/"))
+        .unwrap_or_else(|| panic!("a connect link: {url}"));
+
+    // It works: the public listener shows the confirmation page for it.
+    let public = g.app.as_ref().unwrap().connect_addr.unwrap();
+    let page = get(public, &format!("/connect/{token}")).await;
+    assert_eq!(page.status, 200);
+    assert!(String::from_utf8_lossy(&page.body).contains("<form method=\"post\""));
+    // It expires an hour after the event, not after the (third) attempt that carried it.
+    let config = grantd::config::ConnectConfig {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        public_url: Some(public_url.into()),
+        link_ttl: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let keys = grantd::grants::crypto::Keyring::new(TEST_KEY, &[]).unwrap();
+    let links = grantd::connect::link::Links::new(std::sync::Arc::new(keys), &config).unwrap();
+    let claims = links.open(token, grantd::store::now_ms()).unwrap();
+    let at = grantd::grants::parse_rfc3339(got[0]["timestamp"].as_str().unwrap()).unwrap();
+    assert_eq!(claims.expires_at, at + 3_600_000);
+    assert_eq!(claims.request.connection_id.as_deref(), Some("acct_1"));
+
+    // Neither the events table nor the admin API holds a link.
+    let db = g.dir.path().join("grantd.db");
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let payloads: Vec<String> = sqlx::query_scalar("SELECT payload FROM events")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(payloads.len(), 1);
+    assert!(
+        payloads[0].contains("acct_1") && !payloads[0].contains(public_url),
+        "{}",
+        payloads[0]
+    );
+    let events = admin(g.admin, "GET", "/v1/events", None).await;
+    assert_eq!(events.status, 200);
+    let text = String::from_utf8_lossy(&events.body);
+    assert!(
+        text.contains("authentication_error") && !text.contains(public_url),
+        "{text}"
+    );
+    assert_eq!(recv.bad_signatures.load(Ordering::SeqCst), 0);
+}
+
 #[test]
 fn bad_callback_config_is_refused_naming_the_endpoint() {
     for (endpoints, needle) in [

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 
-use super::events::ALL;
+use super::events::{self, ReconnectLinks, ALL};
 use super::sign::{self, Secret};
 use crate::config::{CallbacksConfig, EndpointConfig};
 use crate::store::{now_ms, Delivery, DeliveryResult, Outbox, Store};
@@ -27,6 +27,8 @@ pub struct Deliverer {
     client: UpstreamClient,
     endpoints: HashMap<String, Endpoint>,
     config: CallbacksConfig,
+    /// Makes the `reconnect_url` of `authentication_error` events (when links are on).
+    links: Option<Arc<dyn ReconnectLinks>>,
 }
 
 /// Validates the endpoints and derives the store's routing table. Errors name the endpoint.
@@ -48,10 +50,7 @@ pub fn outbox(config: &CallbacksConfig) -> Result<Outbox, String> {
         }
         endpoints.push((e.key(), e.events.clone()));
     }
-    Ok(Outbox {
-        endpoints,
-        reconnect: None,
-    })
+    Ok(Outbox { endpoints })
 }
 
 fn parse_endpoint(e: &EndpointConfig) -> Result<Endpoint, String> {
@@ -82,6 +81,7 @@ impl Deliverer {
         store: Arc<dyn Store>,
         client: UpstreamClient,
         config: &CallbacksConfig,
+        links: Option<Arc<dyn ReconnectLinks>>,
     ) -> Result<Deliverer, String> {
         let mut endpoints = HashMap::new();
         for e in &config.endpoints {
@@ -92,6 +92,7 @@ impl Deliverer {
             client,
             endpoints,
             config: config.clone(),
+            links,
         })
     }
 
@@ -153,20 +154,21 @@ impl Deliverer {
     async fn attempt(&self, ep: &Endpoint, d: &Delivery) -> DeliveryResult {
         let now = now_ms();
         let timestamp = now / 1000;
+        let body = events::body(d, self.links.as_deref());
         let request = Request::post(ep.url.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header("webhook-id", &d.id)
             .header("webhook-timestamp", timestamp.to_string())
             .header(
                 "webhook-signature",
-                sign::signature(&ep.secrets, &d.id, timestamp, &d.payload),
+                sign::signature(&ep.secrets, &d.id, timestamp, &body),
             )
             .header(
                 header::USER_AGENT,
                 concat!("grantd/", env!("CARGO_PKG_VERSION")),
             )
             .body(
-                Full::new(Bytes::from(d.payload.clone()))
+                Full::new(Bytes::from(body))
                     .map_err(|never| match never {})
                     .boxed(),
             );

@@ -1,13 +1,14 @@
 //! What each status transition means as a callback event. Pure functions: the store calls
 //! them inside the transaction that records the transition, so an event exists exactly when
-//! its transition does.
+//! its transition does; the delivery worker calls [`body`] for what each attempt sends.
 
 use serde_json::{json, Value};
 
 use crate::grants::rfc3339;
-use crate::store::{Row, Status, Transition};
+use crate::store::{Delivery, Row, Status, Transition};
 
-/// An event ready for the outbox. `payload` is the exact body every attempt sends.
+/// An event ready for the outbox. `payload` is the body every attempt sends (plus, for an
+/// `authentication_error`, a `reconnect_url` made at sending: see [`body`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub id: String,
@@ -56,20 +57,41 @@ fn new_id() -> String {
     )
 }
 
-/// Makes a ready-to-send "Reconnect" link for a connection (the connect flow's signed,
-/// expiring, single-use links), so an `authentication_error` can carry it.
+/// Makes a ready-to-send "Reconnect" link for a connection (the connect flow's sealed,
+/// expiring, single-use links), so an `authentication_error` can carry it. `now` is when the
+/// link's lifetime starts.
 pub trait ReconnectLinks: Send + Sync {
     fn reconnect_url(&self, connection_id: &str, integration: &str, now: i64) -> String;
 }
 
+/// The body to send for a stored event. A reconnect link is a bearer credential, so it is never
+/// stored: an `authentication_error` gets one made now (when links are on). Each attempt
+/// carries its own link; all of them expire `link_ttl` after the event was created.
+pub fn body(d: &Delivery, links: Option<&dyn ReconnectLinks>) -> String {
+    let (Some(links), AUTHENTICATION_ERROR, Some(id)) =
+        (links, d.kind.as_str(), d.connection_id.as_deref())
+    else {
+        return d.payload.clone();
+    };
+    let Ok(mut payload) = serde_json::from_str::<Value>(&d.payload) else {
+        return d.payload.clone();
+    };
+    let Some(data) = payload.get_mut("data").and_then(Value::as_object_mut) else {
+        return d.payload.clone();
+    };
+    let url = links.reconnect_url(id, &d.integration, d.created_at);
+    data.insert("reconnect_url".into(), Value::String(url));
+    payload.to_string()
+}
+
 /// The connection-level event for a transition, if it is one the app must hear about.
-/// `down_since` is when the connection entered the status it is leaving.
+/// `down_since` is when the connection entered the status it is leaving. An
+/// `authentication_error`'s `reconnect_url` is added when it is sent (see [`body`]).
 pub fn for_transition(
     row: &Row,
     t: &Transition,
     now: i64,
     down_since: Option<i64>,
-    links: Option<&dyn ReconnectLinks>,
 ) -> Option<Event> {
     let previous = t.from.map(Status::as_str);
     match (t.from, t.to) {
@@ -82,7 +104,7 @@ pub fn for_transition(
                 "detail": d.get("detail").cloned().unwrap_or(Value::Null),
             });
             let first_failed_at = row.last_error.as_ref().map_or(now, |e| e.at);
-            let mut data = json!({
+            let data = json!({
                 "connection_id": row.id,
                 "integration": row.integration,
                 "previous_status": previous,
@@ -90,9 +112,6 @@ pub fn for_transition(
                 "error": error,
                 "first_failed_at": rfc3339(first_failed_at),
             });
-            if let Some(links) = links {
-                data["reconnect_url"] = json!(links.reconnect_url(&row.id, &row.integration, now));
-            }
             Some(event(
                 AUTHENTICATION_ERROR,
                 Some(&row.id),

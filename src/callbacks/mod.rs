@@ -3,7 +3,8 @@
 //!
 //! Owns what an event says ([`events`]), signing ([`sign`]) and delivery ([`deliver`]). Events
 //! are created by the store inside the transaction of the transition that causes them; this
-//! module must not create events on its own, and must never put a token or a secret in one.
+//! module must not create events on its own, and must never put a token or a secret in one. A
+//! reconnect link (a bearer credential) is added only to the body being sent ([`events::body`]).
 
 pub mod deliver;
 pub mod events;

@@ -214,7 +214,14 @@ impl Connect {
                     .join(" ")
             })
             .unwrap_or_default();
-        self.store_tokens(state, &scopes, &fields, received).await
+        let answer = token::Answer {
+            fields: &fields,
+            metadata_keys: &client.auth.token_metadata,
+            urls: &client.urls,
+            default_lifetime: self.refresh.default_lifetime,
+            received,
+        };
+        self.store_tokens(state, &scopes, &answer).await
     }
 
     /// The tokens exist only in this call now: a failed write is retried for a while.
@@ -222,21 +229,13 @@ impl Connect {
         &self,
         state: &ConnectState,
         scopes: &str,
-        fields: &serde_json::Map<String, serde_json::Value>,
-        received: i64,
+        answer: &token::Answer<'_>,
     ) -> Result<(), ConnectError> {
         let mut delay = std::time::Duration::from_millis(100);
         for attempt in 1.. {
             match self
                 .grants
-                .store_authorized(
-                    &state.connection_id,
-                    &state.integration,
-                    scopes,
-                    fields,
-                    self.refresh.default_lifetime,
-                    received,
-                )
+                .store_authorized(&state.connection_id, &state.integration, scopes, answer)
                 .await
             {
                 Ok(view) => {

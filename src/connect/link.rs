@@ -1,8 +1,8 @@
 //! Connect links (`{public_url}/connect/{token}`): self-contained tokens sealed with the
 //! encryption key (AES-256-GCM, so they are both secret and tamper-evident), carrying the
-//! connect request and an expiry. Making one writes nothing, so one can be minted inside the
-//! transaction that emits `authentication_error`; using one is recorded in the store
-//! (single use).
+//! connect request and an expiry. Making one writes nothing, so the callback worker makes each
+//! `authentication_error`'s `reconnect_url` as it sends it (a link is a bearer credential and is
+//! never stored); using one is recorded in the store (single use).
 
 use std::sync::Arc;
 use std::time::Duration;

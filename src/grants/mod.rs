@@ -6,6 +6,7 @@
 //! app (that is `proxy` and `admin`) and must never put a token in a log line, an error or a view.
 
 pub mod crypto;
+mod dates;
 pub mod refresh;
 pub mod token;
 
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{now_ms, ListQuery, Row, Status, Store, StoreError, Transition};
 use crypto::Keyring;
+pub use dates::{parse_rfc3339, rfc3339};
 
 /// A secret string: its `Debug` and `Display` never show the value.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -257,17 +259,22 @@ impl Grants {
         let expires_at = match (c.expires_in, &c.expires_at) {
             (Some(_), Some(_)) => {
                 return Err(GrantError::Invalid(
-                    "give expires_in or expires_at, not both".into(),
+                    "give credentials.expires_in or credentials.expires_at, not both".into(),
                 ))
             }
-            (Some(secs), None) if secs >= 0 => Some(now + secs * 1000),
+            (Some(secs), None) if (0..=token::MAX_LIFETIME_SECS).contains(&secs) => {
+                Some(now + secs * 1000)
+            }
             (Some(_), None) => {
-                return Err(GrantError::Invalid(
-                    "expires_in must not be negative".into(),
-                ))
+                return Err(GrantError::Invalid(format!(
+                    "credentials.expires_in must be 0 to {} seconds (ten years)",
+                    token::MAX_LIFETIME_SECS
+                )))
             }
             (None, Some(at)) => Some(parse_rfc3339(at).ok_or_else(|| {
-                GrantError::Invalid(format!("expires_at `{at}` is not RFC 3339"))
+                GrantError::Invalid(
+                    "credentials.expires_at is not an RFC 3339 time (2026-11-22T06:40:47Z)".into(),
+                )
             })?),
             (None, None) => None,
         };
@@ -290,9 +297,7 @@ impl Grants {
         id: &str,
         integration: &str,
         requested_scopes: &str,
-        fields: &serde_json::Map<String, serde_json::Value>,
-        default_lifetime: std::time::Duration,
-        now: i64,
+        answer: &token::Answer<'_>,
     ) -> Result<ConnectionView, GrantError> {
         validate_id(id)?;
         let previous = self.store.get(id).await?;
@@ -300,20 +305,13 @@ impl Grants {
             Some(p) => self.open(p)?.refresh_token,
             None => None,
         };
-        let mut row = active_row(id, integration, previous.as_ref(), now);
+        let mut row = active_row(id, integration, previous.as_ref(), answer.received);
         // Replaced by the response's `scope` when it has one.
         row.scopes = requested_scopes.to_string();
         if let Some(p) = &previous {
             row.metadata = p.metadata.clone();
         }
-        token::apply_tokens(
-            self,
-            &mut row,
-            fields,
-            kept_refresh.as_ref(),
-            default_lifetime,
-            now,
-        );
+        token::apply_tokens(self, &mut row, answer, kept_refresh.as_ref());
         self.replace(row, previous.as_ref(), "reauthorized").await
     }
 
@@ -458,121 +456,9 @@ pub fn view(row: &Row) -> ConnectionView {
     }
 }
 
-/// Unix milliseconds → RFC 3339 UTC (`2026-11-22T06:40:47.123Z`).
-pub fn rfc3339(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
-/// RFC 3339 → unix milliseconds (`Z` or `±hh:mm` offsets, optional fraction).
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, se) = (
-        num(0..4)?,
-        num(5..7)?,
-        num(8..10)?,
-        num(11..13)?,
-        num(14..16)?,
-        num(17..19)?,
-    );
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut millis = 0;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        millis = format!("{:0<3}", &frac[..digits.min(3)])
-            .parse::<i64>()
-            .ok()?;
-        rest = &frac[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6
-            && (rest.starts_with('+') || rest.starts_with('-'))
-            && &rest[3..4] == ":" =>
-        {
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
-            sign * (rest[1..3].parse::<i64>().ok()? * 60 + rest[4..6].parse::<i64>().ok()?)
-        }
-        _ => return None,
-    };
-    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset * 60;
-    Some(secs * 1000 + millis)
-}
-
-// Howard Hinnant's civil-calendar algorithms.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_round_trips() {
-        for s in [
-            "1970-01-01T00:00:00.000Z",
-            "2026-11-22T06:40:47.123Z",
-            "2000-02-29T23:59:59.999Z",
-        ] {
-            assert_eq!(rfc3339(parse_rfc3339(s).unwrap()), s);
-        }
-        assert_eq!(
-            parse_rfc3339("2026-11-22T08:40:47+02:00"),
-            parse_rfc3339("2026-11-22T06:40:47Z")
-        );
-        assert_eq!(parse_rfc3339("2026-11-22T06:40:47.5Z").unwrap() % 1000, 500);
-        for bad in [
-            "2026-11-22",
-            "2026-13-01T00:00:00Z",
-            "2026-11-22T06:40:47",
-            "yesterday",
-        ] {
-            assert!(parse_rfc3339(bad).is_none(), "{bad}");
-        }
-    }
 
     #[test]
     fn secrets_never_print() {
@@ -624,15 +510,26 @@ mod tests {
     async fn authorized_expiry_counts_from_our_clock_not_the_providers() {
         let (_dir, g) = grants().await;
         let now = now_ms();
-        // A provider whose clock is a day ahead also sends absolute timestamps: ignored.
-        let answer = fields(serde_json::json!({
+        // A provider whose clock is a day ahead also sends absolute timestamps: ignored. Of
+        // the extra fields only the one the rule file lists is kept (an id_token is a secret).
+        let first = fields(serde_json::json!({
             "access_token": "at-1", "refresh_token": "rt-1", "expires_in": "3600",
             "expires_at": (now / 1000) + 86_400 + 3600, "expires_on": "1700000000",
             "ext_expires_in": 7200, "instance_url": "https://x.my.salesforce.com",
+            "id_token": "eyJ-secret", "bot_token": "xoxb-secret",
         }));
-        let hour = std::time::Duration::from_secs(3600);
+        let keep = ["instance_url".to_string()];
+        let urls =
+            crate::template::Urls::new("https://x.example", None, Default::default()).unwrap();
+        let answer = |fields, received| token::Answer {
+            fields,
+            metadata_keys: &keep,
+            urls: &urls,
+            default_lifetime: std::time::Duration::from_secs(3600),
+            received,
+        };
         let v = g
-            .store_authorized("c1", "lab", "email", &answer, hour, now)
+            .store_authorized("c1", "lab", "email", &answer(&first, now))
             .await
             .unwrap();
         let row = g.store().get("c1").await.unwrap().unwrap();
@@ -656,7 +553,7 @@ mod tests {
         paused.status = Status::NeedsReauth;
         assert!(g.store().cas(&paused, row.version, None).await.unwrap());
         let again = fields(serde_json::json!({"access_token": "at-2", "scope": "email,profile"}));
-        g.store_authorized("c1", "lab", "email", &again, hour, now + 5)
+        g.store_authorized("c1", "lab", "email", &answer(&again, now + 5))
             .await
             .unwrap();
         let grant = g.load("c1").await.unwrap();

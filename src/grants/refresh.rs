@@ -318,7 +318,7 @@ impl Refresher {
         let client = &self.clients[&row.integration];
         let _permit = self.caps[&row.integration].acquire().await;
         let result = self.call_token_endpoint(client, &grant).await;
-        self.store_result(row, grant, result).await
+        self.store_result(row, grant, result, client).await
     }
 
     async fn call_token_endpoint(&self, client: &OAuthClient, grant: &Grant) -> TokenResult {
@@ -337,7 +337,14 @@ impl Refresher {
 
     /// Applies a token-endpoint result with a CAS that also releases the lease. A failed write
     /// of new tokens is retried (the provider may already have rotated the old refresh token).
-    async fn store_result(&self, row: Row, grant: Grant, result: TokenResult) -> Refreshed {
+    /// `client`: whose rule file says which token-answer fields are kept as metadata.
+    async fn store_result(
+        &self,
+        row: Row,
+        grant: Grant,
+        result: TokenResult,
+        client: &OAuthClient,
+    ) -> Refreshed {
         let now = now_ms();
         let mut next = row.clone();
         next.version = row.version + 1;
@@ -347,13 +354,18 @@ impl Refresher {
         let (transition, outcome);
         match result {
             TokenResult::Tokens(fields) => {
+                let answer = token::Answer {
+                    fields: &fields,
+                    metadata_keys: &client.auth.token_metadata,
+                    urls: &client.urls,
+                    default_lifetime: self.config.default_lifetime,
+                    received: now,
+                };
                 token::apply_tokens(
                     &self.grants,
                     &mut next,
-                    &fields,
+                    &answer,
                     grant.refresh_token.as_ref(),
-                    self.config.default_lifetime,
-                    now,
                 );
                 transition = (row.status != Status::Active).then(|| Transition {
                     from: Some(row.status),

@@ -16,7 +16,7 @@ use super::{Grants, Secret};
 use crate::rules::file::{AuthSpec, CapturedResponse, ClientAuth, RequestSpec};
 use crate::rules::{check::evaluate_captured, Action, Endpoint, Outcome as RuleOutcome, RuleSet};
 use crate::store::{Row, Status};
-use crate::template::{Hosts, Template};
+use crate::template::{Template, Urls};
 use crate::upstream::UpstreamClient;
 
 /// One integration's OAuth client: the rule file's `auth` plus the deployment's credentials.
@@ -24,8 +24,8 @@ use crate::upstream::UpstreamClient;
 pub struct OAuthClient {
     pub auth: AuthSpec,
     pub token_url: Template,
-    /// Where the templated token URL may point.
-    pub hosts: Hosts,
+    /// The integration's URLs: where the token URL may point, and what metadata must fit.
+    pub urls: Urls,
     pub authorize_url: Option<String>,
     /// The integration's own redirect URI, if it has one (else `connect.redirect_uri`).
     pub redirect_uri: Option<String>,
@@ -105,7 +105,7 @@ fn token_request(
     grant: &[(&str, &str)],
     metadata: &serde_json::Value,
 ) -> Result<Request<crate::upstream::RequestBody>, String> {
-    let url = client.token_url.fill(metadata, &client.hosts)?;
+    let url = client.token_url.fill(metadata, &client.urls.hosts)?;
     let mut form = form_urlencoded::Serializer::new(String::new());
     for (k, v) in grant {
         form.append_pair(k, v);
@@ -142,17 +142,30 @@ fn token_request(
         .map_err(|e| format!("token request: {e}"))
 }
 
-/// Writes a token response into `next`: tokens sealed, expiry from the *local* receipt time
-/// `now` plus `expires_in` (provider clocks and absolute timestamps are ignored), scopes and
-/// extra fields as metadata. A response without a refresh token keeps `keep_refresh`.
+/// A successful token answer, with what the deployment says about reading it.
+pub struct Answer<'a> {
+    pub fields: &'a serde_json::Map<String, serde_json::Value>,
+    /// The rule file's `auth.token_metadata`: the only fields kept as connection metadata.
+    pub metadata_keys: &'a [String],
+    /// What those fields must fit (an `instance_url` becomes a host): a value that does not
+    /// is not kept.
+    pub urls: &'a Urls,
+    /// The lifetime when `expires_in` is absent or unusable.
+    pub default_lifetime: Duration,
+    /// When the answer arrived, by grantd's clock (unix ms): expiry counts from here.
+    pub received: i64,
+}
+
+/// Writes a token answer into `next`: tokens sealed, expiry from the *local* receipt time plus
+/// `expires_in` (provider clocks and absolute timestamps are ignored), scopes, and the fields
+/// the rule file lists as metadata. An answer without a refresh token keeps `keep_refresh`.
 pub fn apply_tokens(
     grants: &Grants,
     next: &mut Row,
-    fields: &serde_json::Map<String, serde_json::Value>,
+    answer: &Answer<'_>,
     keep_refresh: Option<&Secret>,
-    default_lifetime: Duration,
-    now: i64,
 ) {
+    let fields = answer.fields;
     let access = fields
         .get("access_token")
         .and_then(|v| v.as_str())
@@ -162,15 +175,29 @@ pub fn apply_tokens(
         .and_then(|v| v.as_str())
         .map(Secret::new)
         .or_else(|| keep_refresh.cloned());
-    let lifetime = fields
-        .get("expires_in")
-        .and_then(number)
-        .unwrap_or(default_lifetime.as_secs() as i64);
-    next.expires_at = Some(now + lifetime * 1000);
+    let default = (answer.default_lifetime.as_secs() as i64).min(MAX_LIFETIME_SECS);
+    let lifetime = match fields.get("expires_in") {
+        None | Some(serde_json::Value::Null) => default,
+        Some(v) => lifetime_secs(v).unwrap_or_else(|| {
+            tracing::warn!(integration = %next.integration, connection = %next.id, "the token endpoint's expires_in is not a positive number of seconds; using refresh.default_lifetime");
+            default
+        }),
+    };
+    next.expires_at = Some(
+        answer
+            .received
+            .saturating_add(lifetime.saturating_mul(1000)),
+    );
     if let Some(scope) = fields.get("scope").and_then(|v| v.as_str()) {
         next.scopes = scope.replace(',', " ");
     }
-    merge_metadata(&mut next.metadata, fields);
+    let before = next.metadata.clone();
+    merge_metadata(&mut next.metadata, fields, answer.metadata_keys);
+    if let Some(Err(why)) = next.metadata.as_object().map(|m| answer.urls.check(m)) {
+        // The tokens are kept (they may be rotated already); the unsafe value is not.
+        tracing::warn!(integration = %next.integration, connection = %next.id, %why, "token response metadata refused; the previous values are kept");
+        next.metadata = before;
+    }
     grants.seal_into(next, access.as_ref(), refresh.as_ref());
     next.status = Status::Active;
     next.refresh_failures = 0;
@@ -320,16 +347,15 @@ pub fn oauth_clients(
             continue;
         };
         let urls = set.urls(over).map_err(anyhow::Error::msg)?;
-        let Some(token_url) = urls.token else {
+        let Some(token_url) = urls.token.clone() else {
             continue;
         };
-        let hosts = urls.hosts;
         out.insert(
             name.clone(),
             OAuthClient {
                 auth: auth.clone(),
                 token_url,
-                hosts,
+                urls,
                 authorize_url: over
                     .and_then(|o| o.authorize_url.clone())
                     .or_else(|| auth.authorize_url.clone()),
@@ -347,38 +373,76 @@ pub fn oauth_clients(
     Ok(out)
 }
 
-pub fn number(v: &serde_json::Value) -> Option<i64> {
-    v.as_i64()
-        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+/// The longest token lifetime grantd believes (ten years): a larger `expires_in` is clamped.
+pub const MAX_LIFETIME_SECS: i64 = 10 * 365 * 86_400;
+
+/// A token answer's `expires_in` (a number, or a string holding one) in whole seconds, clamped
+/// to [`MAX_LIFETIME_SECS`]; `None` unless it is at least one second.
+fn lifetime_secs(v: &serde_json::Value) -> Option<i64> {
+    let secs = match v {
+        serde_json::Value::Number(n) => n.as_f64()?,
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    // NaN fails this comparison too.
+    if secs >= 1.0 {
+        Some(secs.min(MAX_LIFETIME_SECS as f64) as i64)
+    } else {
+        None
+    }
 }
 
-/// Token-response fields other than the tokens themselves are kept as connection metadata
-/// (e.g. Salesforce's `instance_url`).
-pub fn merge_metadata(
+/// Keeps the token-answer fields named in `keep` (strings, numbers, booleans) as connection
+/// metadata, e.g. Salesforce's `instance_url`. Nothing else is kept: extras are often secrets
+/// (`id_token`, Slack's `bot_token`, `authed_user.access_token`).
+fn merge_metadata(
     metadata: &mut serde_json::Value,
     fields: &serde_json::Map<String, serde_json::Value>,
+    keep: &[String],
 ) {
-    const NOT_METADATA: &[&str] = &[
-        "access_token",
-        "refresh_token",
-        "id_token",
-        "expires_in",
-        "token_type",
-        "scope",
-        "refresh_token_expires_in",
-        // Provider clocks: expiry comes from `expires_in` and our clock only.
-        "expires_at",
-        "expires_on",
-        "ext_expires_in",
-    ];
     if !metadata.is_object() {
         *metadata = serde_json::json!({});
     }
     let obj = metadata.as_object_mut().expect("made an object above");
-    for (k, v) in fields {
-        if !NOT_METADATA.contains(&k.as_str()) && (v.is_string() || v.is_number() || v.is_boolean())
+    for k in keep {
+        if let Some(v) = fields
+            .get(k)
+            .filter(|v| v.is_string() || v.is_number() || v.is_boolean())
         {
             obj.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_in_is_a_positive_number_of_seconds_clamped_to_ten_years() {
+        use serde_json::json;
+        for (v, want) in [
+            (json!(3600), Some(3600)),
+            (json!("3600"), Some(3600)),
+            (json!(3599.9), Some(3599)),
+            (json!(i64::MAX), Some(MAX_LIFETIME_SECS)),
+            (json!(u64::MAX), Some(MAX_LIFETIME_SECS)),
+            (json!(1e30), Some(MAX_LIFETIME_SECS)),
+            (json!("9223372036854775807"), Some(MAX_LIFETIME_SECS)),
+        ] {
+            assert_eq!(lifetime_secs(&v), want, "{v}");
+        }
+        for v in [
+            json!(-5),
+            json!(0),
+            json!(0.5),
+            json!("-5"),
+            json!("soon"),
+            json!("NaN"),
+            json!(true),
+            json!({"s": 1}),
+        ] {
+            assert_eq!(lifetime_secs(&v), None, "{v}");
         }
     }
 }

@@ -62,6 +62,10 @@ pub struct AuthSpec {
     pub pkce: bool,
     #[serde(default)]
     pub inject: Inject,
+    /// Token-answer fields kept as connection metadata, for `{metadata.KEY}` templates
+    /// (Salesforce: `[instance_url]`). Nothing else from a token answer is kept.
+    #[serde(default)]
+    pub token_metadata: Vec<String>,
 }
 
 fn default_scope_separator() -> String {
@@ -353,6 +357,13 @@ pub fn parse(file: &str, text: &str, stem: Option<&str>) -> Result<RuleSet, Vec<
             errors.push(format!(
                 "{file}:1: auth.inject.format must contain {{access_token}}"
             ));
+        }
+        for key in &auth.token_metadata {
+            if matches!(key.as_str(), "access_token" | "refresh_token" | "id_token") {
+                errors.push(format!(
+                    "{file}:1: auth.token_metadata: `{key}` is a token; tokens are never metadata"
+                ));
+            }
         }
         if http::HeaderName::from_bytes(auth.inject.header.as_bytes()).is_err() {
             errors.push(format!(

@@ -244,7 +244,6 @@ pub async fn a_config_error_episode_is_one_event(s: &dyn Store) {
 fn outbox() -> Outbox {
     Outbox {
         endpoints: vec![("app".into(), None)],
-        reconnect: None,
     }
 }
 

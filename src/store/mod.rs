@@ -116,21 +116,10 @@ pub struct ListQuery {
 
 /// Which endpoints receive which event types; the store creates one delivery row per
 /// matching endpoint when it writes an event.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Outbox {
     /// (endpoint name, event types it wants; `None` = all).
     pub endpoints: Vec<(String, Option<Vec<String>>)>,
-    /// Makes the `reconnect_url` of `authentication_error` events (when links are on).
-    pub reconnect: Option<std::sync::Arc<dyn crate::callbacks::events::ReconnectLinks>>,
-}
-
-impl fmt::Debug for Outbox {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Outbox")
-            .field("endpoints", &self.endpoints)
-            .field("reconnect", &self.reconnect.is_some())
-            .finish()
-    }
 }
 
 impl Outbox {

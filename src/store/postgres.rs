@@ -103,10 +103,9 @@ async fn record(
         .map_err(db)?,
         None => None,
     };
-    let mut out: Vec<Event> =
-        events::for_transition(row, t, now, down_since, outbox.reconnect.as_deref())
-            .into_iter()
-            .collect();
+    let mut out: Vec<Event> = events::for_transition(row, t, now, down_since)
+        .into_iter()
+        .collect();
     out.extend(config_episode(tx, row, t, now).await?);
     for event in &out {
         write_event(tx, outbox, event, now).await?;

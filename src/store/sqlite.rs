@@ -32,6 +32,7 @@ impl SqliteStore {
         busy_timeout: Duration,
         outbox: Outbox,
     ) -> Result<SqliteStore, StoreError> {
+        create_private(path)?;
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
             .map_err(db)?
             .create_if_missing(true)
@@ -49,6 +50,29 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Db(format!("migrating {}: {e}", path.display())))?;
         Ok(SqliteStore { pool, outbox })
+    }
+}
+
+/// Creates the database file readable and writable by its owner only (0600), if it does not
+/// exist yet: SQLite would create it 0644, and it gives the -wal and -shm files the main file's
+/// mode. An existing file keeps its mode; a warning says when others can read it.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(path).map_or(0, |m| m.permissions().mode());
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the store file is accessible to other users (it holds sealed tokens and connection metadata): chmod 600 it and its -wal and -shm files");
+            }
+            Ok(())
+        }
+        Err(e) => Err(db(format!("cannot create {}: {e}", path.display()))),
     }
 }
 
@@ -74,10 +98,9 @@ async fn record(
         .map_err(db)?,
         None => None,
     };
-    let mut out: Vec<Event> =
-        events::for_transition(row, t, now, down_since, outbox.reconnect.as_deref())
-            .into_iter()
-            .collect();
+    let mut out: Vec<Event> = events::for_transition(row, t, now, down_since)
+        .into_iter()
+        .collect();
     out.extend(config_episode(tx, row, t, now).await?);
     for event in &out {
         write_event(tx, outbox, event, now).await?;
@@ -551,5 +574,35 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_new_database_and_its_wal_and_shm_files_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        // Open while the directory is read: the migrations wrote, so -wal and -shm exist.
+        let _store = SqliteStore::open(
+            &dir.path().join("g.db"),
+            Duration::from_secs(5),
+            Outbox::default(),
+        )
+        .await
+        .unwrap();
+        let mut seen = Vec::new();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name} is {mode:o}");
+            seen.push(name);
+        }
+        seen.sort();
+        assert_eq!(seen, ["g.db", "g.db-shm", "g.db-wal"]);
     }
 }

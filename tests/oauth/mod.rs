@@ -61,6 +61,8 @@ pub struct Provider {
     mode: Mutex<Mode>,
     lifetime: Mutex<Duration>,
     slow: Mutex<Duration>,
+    /// Fields added to (or replacing those of) every successful token answer.
+    extra: Mutex<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Provider {
@@ -86,6 +88,7 @@ impl Provider {
             mode: Mutex::new(Mode::Normal),
             lifetime: Mutex::new(Duration::from_secs(3600)),
             slow: Mutex::new(Duration::from_millis(200)),
+            extra: Mutex::new(serde_json::Map::new()),
         });
         *cell.lock().unwrap() = Some(provider.clone());
         provider
@@ -102,6 +105,12 @@ impl Provider {
 
     pub fn set_lifetime(&self, lifetime: Duration) {
         *self.lifetime.lock().unwrap() = lifetime;
+    }
+
+    /// From now on, successful token answers also carry (or replace) these fields, as some
+    /// providers' do: `{"expires_in": -5}`, `{"id_token": ...}`.
+    pub fn answer_with(&self, fields: serde_json::Value) {
+        *self.extra.lock().unwrap() = fields.as_object().expect("an object").clone();
     }
 
     /// A refresh token the provider will accept once.
@@ -280,17 +289,17 @@ impl Provider {
                 &serde_json::json!({"access_token": access, "refresh_token": refresh}).to_string(),
             );
         }
-        json_response(
-            200,
-            &serde_json::json!({
-                "access_token": access,
-                "refresh_token": refresh,
-                "token_type": "Bearer",
-                "expires_in": lifetime.as_secs(),
-                "instance_url": "https://example.invalid"
-            })
-            .to_string(),
-        )
+        let mut answer = serde_json::json!({
+            "access_token": access,
+            "refresh_token": refresh,
+            "token_type": "Bearer",
+            "expires_in": lifetime.as_secs(),
+            "instance_url": "https://example.invalid"
+        });
+        for (k, v) in self.extra.lock().unwrap().iter() {
+            answer[k] = v.clone();
+        }
+        json_response(200, &answer.to_string())
     }
 }
 
@@ -316,13 +325,15 @@ fn basic_auth_ok(header: Option<&str>) -> bool {
     dec(id).as_deref() == Some(CLIENT_ID) && dec(secret).as_deref() == Some(CLIENT_SECRET)
 }
 
-/// The rule file for the fake provider: OAuth with Basic client auth, no response rules.
+/// The rule file for the fake provider: OAuth with Basic client auth, `instance_url` kept from
+/// token answers, no response rules.
 pub const RULES: &str = r#"
 integration: lab
 base_url: http://127.0.0.1:1
 auth:
   token_url: http://127.0.0.1:1/token
   client_auth: basic
+  token_metadata: [instance_url]
 rules: []
 "#;
 
