@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::Full;
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -21,6 +20,8 @@ use crate::store::{ListQuery, Status};
 use crate::template::Urls;
 
 type Body = Full<Bytes>;
+/// Request bodies, with the listener's idle timeout (a stalled upload fails, never hangs).
+type Incoming = crate::body::Body;
 
 pub struct Admin {
     grants: Arc<Grants>,
@@ -138,15 +139,9 @@ impl Admin {
     }
 
     async fn put(&self, id: &str, req: Request<Incoming>) -> Response<Body> {
-        let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return fail(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "the body is limited to 64 KiB",
-                )
-            }
+        let body = match read_body(req.into_body(), 64 * 1024).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
         };
         let put = match parse_put(&body) {
             Ok(p) => p,
@@ -221,15 +216,9 @@ impl Admin {
     /// body, or as this request's query).
     async fn relay(&self, req: Request<Incoming>) -> Response<Body> {
         let query = req.uri().query().unwrap_or("").to_string();
-        let body = match Limited::new(req.into_body(), 16 * 1024).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return fail(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "limit 16 KiB",
-                )
-            }
+        let body = match read_body(req.into_body(), 16 * 1024).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
         };
         let text = if body.is_empty() {
             query.as_bytes()
@@ -475,6 +464,31 @@ fn ok(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// A request body of at most `limit` bytes; too large, stalled or cut off is an error.
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
+    use crate::body::{collect_limited, BodyFailure, Collected};
+    match collect_limited(body, limit).await {
+        Collected::Complete(bytes, _) => Ok(bytes),
+        Collected::TooLarge(_) => Err(fail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("the body is limited to {} KiB", limit / 1024),
+        )),
+        Collected::Failed(e) => Err(match BodyFailure::of(&e) {
+            BodyFailure::Stalled => fail(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_body_timeout",
+                "the request body stopped arriving",
+            ),
+            BodyFailure::Aborted => fail(
+                StatusCode::BAD_REQUEST,
+                "request_body_incomplete",
+                "the request body ended early",
+            ),
+        }),
+    }
 }
 
 fn fail(status: StatusCode, code: &str, message: &str) -> Response<Body> {

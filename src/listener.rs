@@ -1,7 +1,8 @@
 //! Accepting clients on every listener: a cap on open connections, backoff (not spinning)
 //! when accepting fails (e.g. out of file descriptors), and the HTTP server settings that bound
 //! how long a client may stall us (header read timeout, which also closes idle keep-alive
-//! connections; HTTP/2 keep-alive pings that drop dead peers).
+//! connections; HTTP/2 keep-alive pings that drop dead peers; an idle timeout on request
+//! bodies).
 //!
 //! [`serve`] is the loop of the control-plane listeners (admin API, public connect listener);
 //! the proxy runs its own loop (per-worker runtimes, graceful drain) on [`Gate`] and [`http`].
@@ -14,13 +15,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::body::IdleTimeout;
 use crate::config::ServerConfig;
 
 /// The HTTP/1 + HTTP/2 server settings every listener shares.
@@ -84,11 +86,12 @@ pub async fn serve<F, Fut>(
     mut stop: tokio::sync::watch::Receiver<bool>,
     handle: F,
 ) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<crate::body::Body>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let gate = Gate::new(config.max_connections);
     let builder = http(config);
+    let body_timeout = config.body_timeout;
     loop {
         let (stream, permit) = tokio::select! {
             accepted = gate.accept(&listener) => accepted,
@@ -98,7 +101,8 @@ pub async fn serve<F, Fut>(
         let conn = builder
             .serve_connection(
                 TokioIo::new(stream),
-                hyper::service::service_fn(move |req| {
+                hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let req = req.map(|b| IdleTimeout::new(b, body_timeout).boxed());
                     let response = handle(req);
                     async move { Ok::<_, Infallible>(response.await) }
                 }),

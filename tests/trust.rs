@@ -511,3 +511,19 @@ async fn metadata_cannot_send_a_token_or_the_client_secret_to_another_host() {
     );
     assert!(seen_evil.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_stalled_admin_upload_gets_408_instead_of_holding_the_handler() {
+    let g = grantd("server: { body_timeout: 300ms }\n").start();
+    let mut c = TcpStream::connect(g.admin).await.unwrap();
+    let head = format!("PUT /v1/connections/x HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ADMIN_TOKEN}\r\ncontent-length: 100\r\n\r\n{{\"in");
+    c.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+        .await
+        .expect("answered within the body timeout, not never")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_body_timeout"), "{answer}");
+}
