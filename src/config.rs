@@ -121,6 +121,10 @@ pub struct ServerConfig {
     /// Open client connections per listener; more wait in the kernel's backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Memory for request bodies the proxy keeps to replay after a refresh, all requests
+    /// together; past it bodies stream (not replayable), so stalled uploads cannot pile up.
+    #[serde(default = "default_replay_budget")]
+    pub replay_budget: ByteSize,
 }
 
 impl Default for ServerConfig {
@@ -129,8 +133,13 @@ impl Default for ServerConfig {
             header_timeout: d30(),
             body_timeout: d30(),
             max_connections: default_max_connections(),
+            replay_budget: default_replay_budget(),
         }
     }
+}
+
+fn default_replay_budget() -> ByteSize {
+    ByteSize(64 << 20)
 }
 
 fn default_max_connections() -> usize {

@@ -106,9 +106,10 @@ impl Head {
     }
 }
 
-/// A request body as it will be sent: kept in memory (replayable), or streamed once.
+/// A request body as it will be sent: kept in memory (replayable; its share of the replay
+/// budget is held until the request is done), or streamed once.
 enum Replay {
-    Kept(Bytes),
+    Kept(Bytes, Option<tokio::sync::OwnedSemaphorePermit>),
     Streamed(Body),
 }
 
@@ -132,6 +133,8 @@ pub struct Proxy {
     /// Shared by every worker: `server.max_connections` for the whole proxy listener.
     gate: Gate,
     max_buffered_body: usize,
+    /// Bytes of request bodies kept for replay across all workers (`server.replay_budget`).
+    replay_budget: Arc<tokio::sync::Semaphore>,
     eval: EvaluationConfig,
     metrics: Metrics,
 }
@@ -176,6 +179,13 @@ impl Proxy {
             server: config.server.clone(),
             gate: Gate::new(config.server.max_connections),
             max_buffered_body: config.max_buffered_body.0,
+            replay_budget: Arc::new(tokio::sync::Semaphore::new(
+                config
+                    .server
+                    .replay_budget
+                    .0
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
             eval: config.evaluation.clone(),
             metrics,
         })
@@ -357,9 +367,9 @@ impl Proxy {
             Ok(g) => g,
             Err(refusal) => return refused(name, id, refusal),
         };
-        let (first, replayable) = match self.keep_for_replay(&head, body).await {
-            Ok(Replay::Kept(bytes)) => (replay_body(&bytes), Some(bytes)),
-            Ok(Replay::Streamed(body)) => (head.streamed(body), None),
+        let (first, replayable, _budget) = match self.keep_for_replay(&head, body).await {
+            Ok(Replay::Kept(bytes, held)) => (replay_body(&bytes), Some(bytes), held),
+            Ok(Replay::Streamed(body)) => (head.streamed(body), None, None),
             Err(failure) => return self.client_body_error(name, failure),
         };
         let (resp, signal) = self.send(target, head.clone(), first, Some(&grant)).await;
@@ -401,12 +411,21 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
         match declared {
-            Some(0) => Ok(Replay::Kept(Bytes::new())),
-            Some(n) if n <= self.max_buffered_body => match body.collect().await {
-                Ok(collected) => Ok(Replay::Kept(collected.to_bytes())),
-                Err(e) => Err(BodyFailure::of(&e)),
-            },
-            None if body.is_end_stream() => Ok(Replay::Kept(Bytes::new())),
+            Some(0) => Ok(Replay::Kept(Bytes::new(), None)),
+            Some(n) if n <= self.max_buffered_body => {
+                let Some(held) = u32::try_from(n)
+                    .ok()
+                    .and_then(|n| self.replay_budget.clone().try_acquire_many_owned(n).ok())
+                else {
+                    // The budget is spent (many uploads in flight): stream this one.
+                    return Ok(Replay::Streamed(body.boxed()));
+                };
+                match body.collect().await {
+                    Ok(collected) => Ok(Replay::Kept(collected.to_bytes(), Some(held))),
+                    Err(e) => Err(BodyFailure::of(&e)),
+                }
+            }
+            None if body.is_end_stream() => Ok(Replay::Kept(Bytes::new(), None)),
             _ => Ok(Replay::Streamed(body.boxed())),
         }
     }

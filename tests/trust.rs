@@ -527,3 +527,57 @@ async fn a_stalled_admin_upload_gets_408_instead_of_holding_the_handler() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_body_timeout"), "{answer}");
 }
+
+/// Records each request head the moment it arrives (and then answers nothing).
+async fn head_recorder() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let log = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if let Some(end) = read_until_head(&mut s, &mut buf).await {
+                    log.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf[..end]).into_owned());
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// Starts an upload of `declared` bytes that sends only its first 3 and then waits.
+async fn partial_upload(g: &Grantd, path: &str, declared: usize) -> TcpStream {
+    let mut c = TcpStream::connect(g.addr).await.unwrap();
+    let head = format!("POST /lab/{path} HTTP/1.1\r\nhost: x\r\ngrantd-connection: tenant_a\r\ncontent-length: {declared}\r\n\r\nabc");
+    c.write_all(head.as_bytes()).await.unwrap();
+    c
+}
+
+#[tokio::test]
+async fn uploads_kept_for_replay_share_one_memory_budget() {
+    let (up, heads) = head_recorder().await;
+    let g = lab(up, "server: { replay_budget: 100 }\n");
+    put_token(&g, "tenant_a", "token-a").await;
+    let seen = |path: &str| {
+        let needle = format!("POST /{path} ");
+        heads.lock().unwrap().iter().any(|h| h.starts_with(&needle))
+    };
+    // Within the budget a body is kept whole before anything is sent.
+    let _first = partial_upload(&g, "first", 80).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!seen("first"), "a replayable body is buffered first");
+    // The budget is spent: the next upload streams instead of adding to memory.
+    let _second = partial_upload(&g, "second", 50).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        seen("second"),
+        "past the budget a body streams: {:?}",
+        heads.lock().unwrap()
+    );
+}
