@@ -488,15 +488,12 @@ impl Proxy {
                 match t.fill(&g.metadata, hosts).and_then(|u| BaseUrl::parse(&u)) {
                     Ok(b) => std::borrow::Cow::Owned(b),
                     Err(e) => {
-                        return (
-                            error(
-                                StatusCode::BAD_REQUEST,
-                                "bad_connection_metadata",
-                                Some(name),
-                                e,
-                            ),
-                            Signal::None,
-                        )
+                        let code = match t.missing(&g.metadata) {
+                            Some(_) => "missing_metadata",
+                            None => "bad_connection_metadata",
+                        };
+                        let resp = error(StatusCode::BAD_REQUEST, code, Some(name), e);
+                        return (resp, Signal::None);
                     }
                 }
             }

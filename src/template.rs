@@ -259,6 +259,13 @@ impl Template {
         self.slots().map(|(key, _)| key)
     }
 
+    /// The first key the template reads that `metadata` lacks (or holds as neither a string
+    /// nor a number).
+    pub fn missing(&self, metadata: &serde_json::Value) -> Option<&str> {
+        self.keys()
+            .find(|k| !matches!(metadata.get(*k), Some(v) if v.is_string() || v.is_number()))
+    }
+
     fn slots(&self) -> impl Iterator<Item = (&str, Place)> {
         self.parts.iter().filter_map(|p| match p {
             Part::Slot { key, place } => Some((key.as_str(), *place)),
@@ -583,6 +590,8 @@ mod tests {
         let h = hosts(&["*.zendesk.com"], false);
         let mut m = serde_json::Map::new();
         assert!(t.check(&m, &h).is_ok(), "absent keys are checked at use");
+        assert_eq!(t.missing(&json!({})), Some("subdomain"));
+        assert_eq!(t.missing(&json!({"subdomain": "a"})), None);
         m.insert("subdomain".into(), json!("127.0.0.1:1/#"));
         assert!(t.check(&m, &h).unwrap_err().contains("`subdomain`"));
         m.insert("subdomain".into(), json!({"nested": 1}));
