@@ -3,8 +3,9 @@
 //! Data flows one way: request → route (caller check) → connection → upstream → rules →
 //! verdict → (refresher | callbacks) → response.
 //!
-//! Modules, lowest first; each imports only from those before it: [`body`] and [`template`]
-//! (leaves: bodies and their timeouts; URL templates and host allow-lists), [`config`],
+//! Modules, lowest first; each imports only from those before it: [`body`], [`template`] and
+//! [`retry_after`] (leaves: bodies and their timeouts; URL templates and host allow-lists; when
+//! to try again), [`config`],
 //! [`callers`], [`listener`], [`telemetry`], [`upstream`], [`rules`], [`store`] and
 //! [`callbacks`], [`grants`], [`inject`], [`connect`], [`proxy`], [`admin`], [`app`], [`cli`].
 //! Two edges still point up and are issue 12's to break: `config` → `connect` (the `return_to`
@@ -22,6 +23,7 @@ pub mod grants;
 pub mod inject;
 pub mod listener;
 pub mod proxy;
+pub mod retry_after;
 pub mod rules;
 pub mod store;
 pub mod telemetry;

@@ -253,6 +253,15 @@ impl Proxy {
 
     /// The whole request path: refuse, route, forward, rewrite.
     pub async fn handle(&self, client: &UpstreamClient, req: Request<Incoming>) -> Response<Body> {
+        let mut resp = self.route(client, req).await;
+        // Every 429 tells the app when to come back, whatever the provider said (or didn't).
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            crate::retry_after::ensure(resp.headers_mut(), std::time::SystemTime::now());
+        }
+        resp
+    }
+
+    async fn route(&self, client: &UpstreamClient, req: Request<Incoming>) -> Response<Body> {
         if req.method() == Method::CONNECT {
             return error(
                 StatusCode::METHOD_NOT_ALLOWED,

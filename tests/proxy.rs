@@ -684,3 +684,30 @@ fn tokio_stream_from<T: Send + 'static>(
 ) -> tokio_stream::wrappers::ReceiverStream<T> {
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
+
+#[tokio::test]
+async fn every_429_leaves_with_a_retry_after_in_whole_seconds() {
+    let up = upstream(handler(|req: Request<Incoming>| async move {
+        let mut resp = Response::builder().status(429);
+        match req.uri().path() {
+            "/plain/reset-delta" => resp = resp.header("x-ratelimit-reset", "15"),
+            "/plain/fractional" => resp = resp.header("retry-after", "2.5"),
+            "/plain/ratelimit" => resp = resp.header("ratelimit-reset", "7"),
+            _ => {}
+        }
+        resp.body(full("slow down")).unwrap()
+    }))
+    .await;
+    let g = start(up, "");
+    for (path, want) in [
+        ("/plain/reset-delta", "15"),
+        ("/plain/fractional", "3"),
+        ("/plain/ratelimit", "7"),
+        ("/plain/nothing", "60"),
+    ] {
+        let got = get(g.addr, path).await;
+        assert_eq!(got.status, 429, "{path}");
+        assert_eq!(got.header("retry-after"), Some(want), "{path}");
+        assert_eq!(&got.body[..], b"slow down", "{path}: the body is untouched");
+    }
+}
