@@ -284,11 +284,32 @@ fn eval(integration: &str, source: &Source) -> ExitCode {
         body: input.body,
     };
     let outcome = evaluate_captured(set, input.on, &request, &response, &eval);
-    println!("{}", outcome_json(integration, &outcome));
+    let mut printed = outcome_json(integration, &outcome);
+    if input.on == Endpoint::Token {
+        // What the refresher would do: the token rules above, then RFC 6749 §5.2.
+        printed["classification"] = token_classification(set, &response);
+    }
+    println!("{printed}");
     match outcome {
         Outcome::RuleError { .. } => ExitCode::FAILURE,
         _ => ExitCode::SUCCESS,
     }
+}
+
+fn token_classification(set: &RuleSet, response: &CapturedResponse) -> serde_json::Value {
+    let headers: http::HeaderMap = response
+        .headers
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                http::HeaderName::from_bytes(k.as_bytes()).ok()?,
+                http::HeaderValue::from_str(v).ok()?,
+            ))
+        })
+        .collect();
+    let status = http::StatusCode::from_u16(response.status).unwrap_or(http::StatusCode::OK);
+    let body = bytes::Bytes::from(response.body_bytes());
+    crate::grants::token::classify(set, status, &headers, &body).summary()
 }
 
 fn fail(message: &str) -> ExitCode {

@@ -384,3 +384,50 @@ fn serve_refuses_to_start_on_bad_config_and_says_why() {
         assert!(err.contains(needle), "{needle} not in: {err}");
     }
 }
+
+#[test]
+fn rules_eval_prints_what_the_refresher_would_do_with_a_token_response() {
+    let cases = [
+        // A token rule fires (GitHub's 200 that is an error).
+        (
+            "github",
+            r#"{"on":"token","status":200,"body":"error=bad_refresh_token&error_description=x"}"#,
+            "reauth",
+            401,
+        ),
+        // No rule: RFC 6749 §5.2 decides.
+        (
+            "hubspot",
+            r#"{"on":"token","status":400,"body":{"error":"unsupported_grant_type"}}"#,
+            "fix_config",
+            503,
+        ),
+        (
+            "hubspot",
+            r#"{"on":"token","status":429,"headers":{"retry-after":"30"},"body":"slow"}"#,
+            "retry",
+            503,
+        ),
+        (
+            "hubspot",
+            r#"{"on":"token","status":200,"body":{"access_token":"x","expires_in":1800}}"#,
+            "none",
+            200,
+        ),
+    ];
+    for (integration, input, action, status) in cases {
+        let (code, v) = eval_stdin(integration, input);
+        assert_eq!(code, 0, "{input}");
+        let c = &v["classification"];
+        assert_eq!(
+            (c["action"].as_str(), c["status"].as_u64()),
+            (Some(action), Some(status)),
+            "{input} -> {v}"
+        );
+    }
+    let (_, v) = eval_stdin(
+        "hubspot",
+        r#"{"on":"token","status":429,"headers":{"retry-after":"30"},"body":"slow"}"#,
+    );
+    assert_eq!(v["classification"]["retry_after"], 30);
+}

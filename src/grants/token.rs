@@ -45,6 +45,30 @@ pub enum TokenResult {
     Transient(Failure, Option<i64>),
 }
 
+impl TokenResult {
+    /// What the refresher does with this answer and what the app then sees, as `grantd rules
+    /// eval` prints it: `reauth` (401 `needs_reauth`), `fix_config` (503 `config_error`), `retry`
+    /// (503 `refresh_unavailable` once the old token has expired), or tokens.
+    pub fn summary(&self) -> serde_json::Value {
+        let (result, action, status, failure, retry_after) = match self {
+            TokenResult::Tokens(_) => ("tokens", "none", 200, None, None),
+            TokenResult::Grant(f) => ("needs_reauth", "reauth", 401, Some(f), None),
+            TokenResult::Config(f) => ("config_error", "fix_config", 503, Some(f), None),
+            TokenResult::Transient(f, after) => ("transient", "retry", 503, Some(f), *after),
+        };
+        let mut out = serde_json::json!({"result": result, "action": action, "status": status});
+        if let Some(f) = failure {
+            out["error"] = serde_json::json!(f.code);
+            out["description"] = serde_json::json!(f.description);
+            out["detail"] = serde_json::json!(f.detail);
+        }
+        if let Some(secs) = retry_after {
+            out["retry_after"] = serde_json::json!(secs);
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub code: String,
@@ -96,7 +120,7 @@ pub async fn call(
             None,
         ),
         Ok(Err(e)) => TokenResult::Transient(failure("unreachable", None, Some(e)), None),
-        Ok(Ok((parts, body))) => classify(client, parts.status, &parts.headers, &body),
+        Ok(Ok((parts, body))) => classify(&client.rules, parts.status, &parts.headers, &body),
     }
 }
 
@@ -207,7 +231,7 @@ pub fn apply_tokens(
 
 /// Token rules first (providers that lie), then RFC 6749 §5.2.
 pub fn classify(
-    client: &OAuthClient,
+    rules: &RuleSet,
     status: StatusCode,
     headers: &http::HeaderMap,
     body: &Bytes,
@@ -241,7 +265,7 @@ pub fn classify(
         .and_then(|v| v.as_str())
         .map(str::to_string);
     if let RuleOutcome::Verdict(v) = evaluate_captured(
-        &client.rules,
+        rules,
         Endpoint::Token,
         &request,
         &captured,
