@@ -37,6 +37,9 @@ enum Command {
     },
     /// Validate the config and every rule file, compile every expression, run every rule test.
     Check(Source),
+    /// List every integration: auth style, the connection metadata it needs, rule and test
+    /// counts (a markdown table; the README's provider table is this output).
+    Providers(Source),
     /// Make a caller token for the proxy port: prints the token (give it to the app) and the
     /// `token_sha256` to put under `callers:` (the config never holds the token itself).
     CallerToken,
@@ -75,6 +78,13 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(&config),
         Command::Check(source) => check(&source),
+        Command::Providers(source) => match load(&source) {
+            Ok((sets, _)) => {
+                print!("{}", rules::summary::table(&sets));
+                ExitCode::SUCCESS
+            }
+            Err(errors) => usage_error(&errors.join("\n")),
+        },
         Command::CallerToken => {
             let (token, digest) = crate::callers::new_token();
             println!("token: {token}\ntoken_sha256: {digest}");

@@ -431,3 +431,21 @@ fn rules_eval_prints_what_the_refresher_would_do_with_a_token_response() {
     );
     assert_eq!(v["classification"]["retry_after"], 30);
 }
+
+#[test]
+fn the_readme_provider_table_is_the_providers_command_output() {
+    let out = run(&["providers", "--rules", repo_path("rules").to_str().unwrap()]);
+    assert!(out.status.success());
+    let table = stdout(&out);
+    let readme = std::fs::read_to_string(repo_path("README.md")).unwrap();
+    let start = "<!-- providers:start -->\n";
+    let end = "<!-- providers:end -->";
+    let from = readme.find(start).expect("README has the providers table") + start.len();
+    let to = readme[from..].find(end).unwrap() + from;
+    assert_eq!(
+        &readme[from..to],
+        table,
+        "README's provider table drifted: paste the output of `grantd providers --rules rules`"
+    );
+    assert!(table.lines().count() >= 2 + common::SHIPPED.len());
+}

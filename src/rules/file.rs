@@ -25,7 +25,6 @@ struct FileSpec {
     #[serde(default)]
     allow_http: bool,
     #[serde(default)]
-    #[allow(dead_code)] // documentation for humans; kept so the key is accepted
     description: Option<String>,
     #[serde(default)]
     auth: Option<AuthSpec>,
@@ -83,6 +82,15 @@ pub enum ClientAuth {
     Basic,
     #[default]
     Body,
+}
+
+impl ClientAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::Basic => "basic",
+            ClientAuth::Body => "body",
+        }
+    }
 }
 
 /// Where the access token goes: a header with a format, or a query parameter.
@@ -381,6 +389,7 @@ pub fn parse(file: &str, text: &str, stem: Option<&str>) -> Result<RuleSet, Vec<
         integration: spec.integration,
         file: file.to_string(),
         base_url: spec.base_url,
+        description: spec.description,
         allowed_hosts: spec.allowed_hosts,
         allow_http: spec.allow_http,
         auth: spec.auth,

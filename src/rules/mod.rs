@@ -9,6 +9,7 @@
 pub mod check;
 pub mod engine;
 pub mod file;
+pub mod summary;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -183,6 +184,8 @@ pub struct RuleSet {
     pub integration: String,
     pub file: String,
     pub base_url: String,
+    /// For people: what the integration is (`grantd providers`, the README's table).
+    pub description: Option<String>,
     /// Hosts a templated URL (base, token, authorize) may resolve to.
     pub allowed_hosts: Vec<String>,
     pub allow_http: bool,
@@ -198,6 +201,7 @@ impl RuleSet {
             integration: integration.to_string(),
             file: "(config)".into(),
             base_url,
+            description: None,
             allowed_hosts: Vec::new(),
             allow_http: false,
             auth: None,

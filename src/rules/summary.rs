@@ -1,0 +1,69 @@
+//! The provider library at a glance, for people: one row per integration with its auth style,
+//! the connection metadata it needs, and how many rules and tests it has. `grantd providers`
+//! prints it, and the README's provider table is this output (a test fails when they drift).
+//!
+//! Reads loaded rule sets only; it must not load files or touch the config.
+
+use std::collections::BTreeMap;
+
+use super::{Endpoint, RuleSet};
+use crate::template::Template;
+
+/// The markdown table of every integration, ordered by name.
+pub fn table(sets: &BTreeMap<String, RuleSet>) -> String {
+    let mut out = String::from(
+        "| integration | what | auth | connection metadata | API rules | token rules | tests |\n|---|---|---|---|---|---|---|\n",
+    );
+    for (name, set) in sets {
+        let rules = |e: Endpoint| set.rules.iter().filter(|r| r.matcher.endpoint == e).count();
+        let auth = match &set.auth {
+            Some(a) => format!("OAuth 2.0 ({})", a.client_auth.as_str()),
+            None => "none (proxy only)".into(),
+        };
+        out.push_str(&format!(
+            "| `{name}` | {} | {auth} | {} | {} | {} | {} |\n",
+            set.description.as_deref().unwrap_or("").replace('|', "/"),
+            metadata_keys(set),
+            rules(Endpoint::Api),
+            rules(Endpoint::Token),
+            set.tests.len(),
+        ));
+    }
+    out
+}
+
+/// The metadata keys the rule file's URL templates read, as `` `a`, `b` `` (or `-`).
+fn metadata_keys(set: &RuleSet) -> String {
+    let urls = std::iter::once(set.base_url.as_str())
+        .chain(set.auth.as_ref().map(|a| a.token_url.as_str()));
+    let mut keys: Vec<String> = urls
+        .filter_map(|u| Template::parse(u).ok())
+        .flat_map(|t| t.keys().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    if keys.is_empty() {
+        return "-".into();
+    }
+    keys.iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_names_auth_metadata_and_counts() {
+        let text = "integration: zd\ndescription: Zendesk | Support\nbase_url: \"https://{metadata.subdomain}.zendesk.com/api/v2\"\nallowed_hosts: [\"*.zendesk.com\"]\nauth:\n  token_url: \"https://{metadata.subdomain}.zendesk.com/oauth/tokens\"\n  client_auth: basic\nrules:\n  - name: r\n    expr: '1'\n  - name: t\n    on: token\n    expr: '1'\n";
+        let set = crate::rules::file::parse("zd.yaml", text, Some("zd")).unwrap();
+        let sets = BTreeMap::from([("zd".to_string(), set)]);
+        let row = table(&sets).lines().nth(2).unwrap().to_string();
+        assert_eq!(
+            row,
+            "| `zd` | Zendesk / Support | OAuth 2.0 (basic) | `subdomain` | 1 | 1 | 0 |"
+        );
+    }
+}
