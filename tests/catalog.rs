@@ -38,7 +38,7 @@ fn expected(case: &serde_json::Value) -> Option<(u16, &'static str)> {
         "retry_later" => "retry",
         "reauth" => "reauth",
         "fix_config" => "fix_config",
-        "pass_through" if status == case["http_status"].as_u64().unwrap() as u16 => return None,
+        "pass_through" if case["http_status"].as_u64() == Some(status as u64) => return None,
         "pass_through" => "none",
         other => panic!("unknown catalog action {other}"),
     };
@@ -67,8 +67,15 @@ fn every_catalog_case_of_a_shipped_provider_is_tested_and_classified() {
         } else {
             Endpoint::Api
         };
+        // Some cases record no HTTP status (a SOAP fault, a message quoted without its
+        // response); the file's test for the case says which status it assumed, and why.
+        let status = case["http_status"].as_u64().map(|s| s as u16);
+        let Some(status) = status.or_else(|| test.map(|t| t.response.status)) else {
+            failures.push(format!("{id}: the catalog has no status and no test gives one"));
+            continue;
+        };
         let response = CapturedResponse {
-            status: case["http_status"].as_u64().unwrap() as u16,
+            status,
             headers: serde_json::from_value(case["headers"].clone()).unwrap(),
             body: case["body"].clone(),
         };
