@@ -155,6 +155,9 @@ impl Proxy {
             }
         }
         for (name, set) in sets {
+            if name == crate::rules::file::BASE {
+                continue; // rules for every integration, not a route
+            }
             let urls = set
                 .urls(config.integrations.get(&name))
                 .map_err(anyhow::Error::msg)?;

@@ -71,7 +71,9 @@ fn every_catalog_case_of_a_shipped_provider_is_tested_and_classified() {
         // response); the file's test for the case says which status it assumed, and why.
         let status = case["http_status"].as_u64().map(|s| s as u16);
         let Some(status) = status.or_else(|| test.map(|t| t.response.status)) else {
-            failures.push(format!("{id}: the catalog has no status and no test gives one"));
+            failures.push(format!(
+                "{id}: the catalog has no status and no test gives one"
+            ));
             continue;
         };
         let response = CapturedResponse {
@@ -105,4 +107,18 @@ fn every_catalog_case_of_a_shipped_provider_is_tested_and_classified() {
             "no catalog case checked for {shipped}"
         );
     }
+}
+
+#[test]
+fn every_shipped_rule_set_runs_inline_within_the_engine_budget() {
+    // A rule with a builtin that escapes the engine's time limit (regex, $sort, lambdas, ...)
+    // moves its whole set (and, through the base, every set) to the blocking pool.
+    let sets = rules::load_dir(&common::repo_path("rules")).expect("shipped rules load");
+    let slow: Vec<&str> = sets
+        .iter()
+        .filter(|(_, s)| !s.is_bounded())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert!(slow.is_empty(), "not bounded: {slow:?}");
+    assert!(sets.len() > 40, "{} rule files", sets.len());
 }

@@ -711,3 +711,34 @@ async fn every_429_leaves_with_a_retry_after_in_whole_seconds() {
         assert_eq!(&got.body[..], b"slow down", "{path}: the body is untouched");
     }
 }
+
+#[tokio::test]
+async fn the_shared_base_catches_what_a_provider_file_leaves_unless_it_opts_out() {
+    let body =
+        r#"{"data":null,"errors":[{"message":"login","extensions":{"code":"UNAUTHENTICATED"}}]}"#;
+    let up = upstream(fixed(200, "application/json", body)).await;
+    let mine = "integration: mine\nbase_url: http://127.0.0.1:1\nrules: []\n";
+    let own = "integration: own\nbase: false\nbase_url: http://127.0.0.1:1\nrules: []\n";
+    let g = grantd(&format!(
+        "integrations:\n  mine: {{ base_url: \"http://{up}\" }}\n  own: {{ base_url: \"http://{up}\" }}\n"
+    ))
+    .shipped_rules("_base")
+    .rule_file("mine.yaml", mine)
+    .rule_file("own.yaml", own)
+    .start();
+    let got = get(g.addr, "/mine/graphql").await;
+    assert_eq!(got.status, 401);
+    assert_eq!(
+        got.header("grantd-rule"),
+        Some("mine/_base.graphql-unauthenticated")
+    );
+    assert_eq!(got.header("grantd-action"), Some("refresh"));
+    let opted_out = get(g.addr, "/own/graphql").await;
+    assert_eq!(opted_out.status, 200);
+    assert_eq!(opted_out.header("grantd-rule"), None);
+    assert_eq!(
+        get(g.addr, "/_base/x").await.status,
+        404,
+        "the base is not a route"
+    );
+}

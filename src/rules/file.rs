@@ -24,6 +24,9 @@ struct FileSpec {
     /// Lets templated URLs use plain http (local test setups only).
     #[serde(default)]
     allow_http: bool,
+    /// Inherit the shared base (`_base.yaml`), evaluated after this file's own rules.
+    #[serde(default = "default_true")]
+    base: bool,
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
@@ -142,6 +145,9 @@ struct MatchSpec {
     content_type: Option<String>,
     #[serde(default)]
     path_prefix: Option<String>,
+    /// The path contains this (e.g. `graphql`: `/graphql`, `/admin/api/2024-10/graphql.json`).
+    #[serde(default)]
+    path_contains: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -295,10 +301,30 @@ pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, RuleSet>, LoadErrors> {
             Err(mut e) => errors.append(&mut e),
         }
     }
-    if errors.is_empty() {
-        Ok(sets)
-    } else {
-        Err(LoadErrors(errors))
+    if !errors.is_empty() {
+        return Err(LoadErrors(errors));
+    }
+    inherit_base(&mut sets);
+    Ok(sets)
+}
+
+/// The integration name of the shared base file, `_base.yaml`: never a route.
+pub const BASE: &str = "_base";
+
+/// Appends the base's rules, renamed `_base.{rule}`, after each inheriting file's own: the
+/// provider's rules speak first, the base catches what they leave (RFC 6750 challenges, 429/503,
+/// GraphQL errors in a 200). The base set itself stays, so `check` runs its tests.
+fn inherit_base(sets: &mut BTreeMap<String, RuleSet>) {
+    let Some(base) = sets.get(BASE).map(|b| b.rules.clone()) else {
+        return;
+    };
+    for (name, set) in sets.iter_mut() {
+        if name != BASE && set.inherits_base {
+            set.rules.extend(base.iter().cloned().map(|mut r| {
+                r.name = format!("{BASE}.{}", r.name);
+                r
+            }));
+        }
     }
 }
 
@@ -392,6 +418,7 @@ pub fn parse(file: &str, text: &str, stem: Option<&str>) -> Result<RuleSet, Vec<
         description: spec.description,
         allowed_hosts: spec.allowed_hosts,
         allow_http: spec.allow_http,
+        inherits_base: spec.base,
         auth: spec.auth,
         rules,
         tests,
@@ -468,6 +495,7 @@ fn matcher_from(spec: &MatchSpec, on: Endpoint) -> Result<Matcher, String> {
         statuses,
         content_type,
         path_prefix: spec.path_prefix.clone(),
+        path_contains: spec.path_contains.clone(),
     })
 }
 
@@ -518,11 +546,12 @@ fn collect_tests(
 }
 
 fn valid_integration_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    name == BASE
+        || !name.is_empty()
+            && name.as_bytes()[0].is_ascii_alphanumeric()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// serde_yaml_ng appends " at line X column Y"; we print the line in front instead.

@@ -145,6 +145,7 @@ pub struct Matcher {
     pub statuses: Vec<StatusPattern>,
     pub content_type: ContentTypeMatch,
     pub path_prefix: Option<String>,
+    pub path_contains: Option<String>,
 }
 
 impl Matcher {
@@ -156,6 +157,10 @@ impl Matcher {
                 .path_prefix
                 .as_deref()
                 .is_none_or(|p| path.starts_with(p))
+            && self
+                .path_contains
+                .as_deref()
+                .is_none_or(|p| path.contains(p))
     }
 
     fn content_type_matches(&self, ct: Option<&str>) -> bool {
@@ -189,6 +194,8 @@ pub struct RuleSet {
     /// Hosts a templated URL (base, token, authorize) may resolve to.
     pub allowed_hosts: Vec<String>,
     pub allow_http: bool,
+    /// Whether `_base.yaml`'s rules were appended to this file's (its `base: false` opts out).
+    pub inherits_base: bool,
     pub auth: Option<file::AuthSpec>,
     pub rules: Vec<Rule>,
     pub tests: Vec<file::TestCase>,
@@ -204,6 +211,7 @@ impl RuleSet {
             description: None,
             allowed_hosts: Vec::new(),
             allow_http: false,
+            inherits_base: false,
             auth: None,
             rules: Vec::new(),
             tests: Vec::new(),
@@ -500,6 +508,7 @@ mod tests {
             statuses: vec![StatusPattern::Exact(200), StatusPattern::Class(4)],
             content_type: ContentTypeMatch::Json,
             path_prefix: Some("/id/".into()),
+            path_contains: None,
         };
         let json = Some("application/json; charset=utf-8");
         assert!(m.selects(Endpoint::Api, 200, json, "/id/1"));

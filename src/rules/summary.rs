@@ -14,8 +14,16 @@ pub fn table(sets: &BTreeMap<String, RuleSet>) -> String {
     let mut out = String::from(
         "| integration | what | auth | connection metadata | API rules | token rules | tests |\n|---|---|---|---|---|---|---|\n",
     );
-    for (name, set) in sets {
-        let rules = |e: Endpoint| set.rules.iter().filter(|r| r.matcher.endpoint == e).count();
+    for (name, set) in sets.iter().filter(|(n, _)| *n != super::file::BASE) {
+        // The file's own rules; the inherited base is the same for every file.
+        let own = |r: &&super::Rule| !r.name.starts_with(&format!("{}.", super::file::BASE));
+        let rules = |e: Endpoint| {
+            set.rules
+                .iter()
+                .filter(own)
+                .filter(|r| r.matcher.endpoint == e)
+                .count()
+        };
         let auth = match &set.auth {
             Some(a) => format!("OAuth 2.0 ({})", a.client_auth.as_str()),
             None => "none (proxy only)".into(),
