@@ -620,6 +620,36 @@ mod tests {
         v.as_object().unwrap().clone()
     }
 
+    /// Found by tests/fuzz_props.rs: `now + expires_in * 1000` overflowed on a huge
+    /// `expires_in` (a panic in debug builds, a wrapped, long-past expiry in release).
+    #[tokio::test]
+    async fn huge_or_negative_expires_in_does_not_overflow_the_expiry() {
+        let (_dir, g) = grants().await;
+        let now = now_ms();
+        let longest = now + token::MAX_TOKEN_LIFETIME_SECS * 1000;
+        let hour = std::time::Duration::from_secs(3600);
+        for (i, (expires_in, want)) in [
+            (serde_json::json!(i64::MAX), longest),
+            (serde_json::json!("9223372036854775807"), longest),
+            (serde_json::json!(9_223_372_036_854_775i64), longest),
+            (serde_json::json!(i64::MIN), now),
+            (serde_json::json!(-1), now),
+            (serde_json::json!(3600), now + 3_600_000),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let answer =
+                fields(serde_json::json!({"access_token": "at", "expires_in": expires_in}));
+            let id = format!("c{i}");
+            g.store_authorized(&id, "lab", "", &answer, hour, now)
+                .await
+                .unwrap();
+            let row = g.store().get(&id).await.unwrap().unwrap();
+            assert_eq!(row.expires_at, Some(want), "expires_in {expires_in}");
+        }
+    }
+
     #[tokio::test]
     async fn authorized_expiry_counts_from_our_clock_not_the_providers() {
         let (_dir, g) = grants().await;

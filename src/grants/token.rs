@@ -139,6 +139,9 @@ fn token_request(
         .map_err(|e| format!("token request: {e}"))
 }
 
+/// The longest `expires_in` taken at its word (ten years); longer ones are cut to it.
+pub const MAX_TOKEN_LIFETIME_SECS: i64 = 10 * 365 * 24 * 3600;
+
 /// Writes a token response into `next`: tokens sealed, expiry from the *local* receipt time
 /// `now` plus `expires_in` (provider clocks and absolute timestamps are ignored), scopes and
 /// extra fields as metadata. A response without a refresh token keeps `keep_refresh`.
@@ -159,10 +162,12 @@ pub fn apply_tokens(
         .and_then(|v| v.as_str())
         .map(Secret::new)
         .or_else(|| keep_refresh.cloned());
+    // A negative lifetime means "already expired"; a huge one must not overflow the expiry.
     let lifetime = fields
         .get("expires_in")
         .and_then(number)
-        .unwrap_or(default_lifetime.as_secs() as i64);
+        .unwrap_or(default_lifetime.as_secs() as i64)
+        .clamp(0, MAX_TOKEN_LIFETIME_SECS);
     next.expires_at = Some(now + lifetime * 1000);
     if let Some(scope) = fields.get("scope").and_then(|v| v.as_str()) {
         next.scopes = scope.replace(',', " ");
