@@ -1015,7 +1015,10 @@ fn restrict_accept_encoding(headers: &mut HeaderMap) {
     }
 }
 
-fn rule_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+/// Response headers as rules see them: lower-case names, repeated values joined with ", ",
+/// non-UTF-8 bytes replaced. Public only so the fuzz targets reach the proxy's real input path.
+#[doc(hidden)]
+pub fn rule_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::with_capacity(headers.keys_len());
     for name in headers.keys() {
         let joined = headers
@@ -1030,8 +1033,9 @@ fn rule_headers(headers: &HeaderMap) -> Vec<(String, String)> {
 }
 
 /// Decodes `gzip`/`deflate` bodies for the rules only (the original bytes are what is sent
-/// on), never inflating past the buffer limit.
-fn decode_for_rules(headers: &HeaderMap, body: &Bytes, limit: usize) -> Result<Bytes, String> {
+/// on), never inflating past the buffer limit. Public only for the fuzz targets.
+#[doc(hidden)]
+pub fn decode_for_rules(headers: &HeaderMap, body: &Bytes, limit: usize) -> Result<Bytes, String> {
     let coding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())

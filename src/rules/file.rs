@@ -331,9 +331,31 @@ fn inherit_base(sets: &mut BTreeMap<String, RuleSet>) {
 /// Loads one rule file; all of its problems are returned together.
 pub fn load_file(path: &Path) -> Result<RuleSet, Vec<String>> {
     let file = path.display().to_string();
-    let text =
-        std::fs::read_to_string(path).map_err(|e| vec![format!("{file}: cannot read: {e}")])?;
+    let bytes = std::fs::read(path).map_err(|e| vec![format!("{file}: cannot read: {e}")])?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        // The prefix before the first bad byte is valid UTF-8.
+        let before = std::str::from_utf8(&e.as_bytes()[..valid]).unwrap_or("");
+        vec![format!(
+            "{file}:{}: not UTF-8 text (byte {valid})",
+            yaml_lines(before)
+        )]
+    })?;
     parse(&file, &text, path.file_stem().and_then(|s| s.to_str()))
+}
+
+/// The number of lines as the YAML parser counts them: it also breaks lines at a lone CR,
+/// NEL, LS and PS, and a text without line breaks is one line.
+fn yaml_lines(text: &str) -> usize {
+    let mut prev = '\0';
+    let mut breaks = 0;
+    for c in text.chars() {
+        if matches!(c, '\r' | '\u{85}' | '\u{2028}' | '\u{2029}') || (c == '\n' && prev != '\r') {
+            breaks += 1;
+        }
+        prev = c;
+    }
+    breaks + 1
 }
 
 /// Parses rule-file text. `stem` is the file name without extension, which must equal the
@@ -343,7 +365,13 @@ pub fn parse(file: &str, text: &str, stem: Option<&str>) -> Result<RuleSet, Vec<
     let spec: FileSpec = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let line = inner.location().map(|l| l.line()).unwrap_or(1);
+        // At the end of a file without a final newline the parser names the line after the
+        // last one; name the last line instead.
+        let line = inner
+            .location()
+            .map(|l| l.line())
+            .unwrap_or(1)
+            .clamp(1, yaml_lines(text));
         let at = if path == "." {
             String::new()
         } else {
@@ -468,7 +496,10 @@ fn matcher_from(spec: &MatchSpec, on: Endpoint) -> Result<Matcher, String> {
         .iter()
         .map(|s| match s {
             StatusSpec::Code(c) if (100..=599).contains(c) => Ok(StatusPattern::Exact(*c)),
-            StatusSpec::Class(c) if c.len() == 3 && c[1..].eq_ignore_ascii_case("xx") => {
+            // Compared as bytes: `c[1..]` would panic on a multi-byte first character.
+            StatusSpec::Class(c)
+                if c.len() == 3 && c.as_bytes()[1..].eq_ignore_ascii_case(b"xx") =>
+            {
                 match c.as_bytes()[0] {
                     d @ b'1'..=b'5' => Ok(StatusPattern::Class((d - b'0') as u16)),
                     _ => Err(format!("status class `{c}` must be 1xx to 5xx")),
@@ -714,6 +745,52 @@ tests:
             errs[0].contains("slack.yaml:14") && errs[0].contains("unknown rule `nope`"),
             "{errs:?}"
         );
+    }
+
+    /// Found by tests/fuzz_props.rs: `c[1..]` sliced inside a multi-byte character.
+    #[test]
+    fn status_class_with_a_multibyte_first_char_is_an_error_not_a_panic() {
+        for class in ["éx", "4é", "€"] {
+            let text = GOOD.replace("status: [200, 4xx]", &format!("status: [200, '{class}']"));
+            let errs = parse("slack.yaml", &text, Some("slack")).unwrap_err();
+            assert!(
+                errs[0].starts_with("slack.yaml:10: rule `revoked`: match:"),
+                "{errs:?}"
+            );
+        }
+    }
+
+    /// Found by tests/fuzz_props.rs: at the end of a file without a final newline the YAML
+    /// parser names the line after the last one.
+    #[test]
+    fn yaml_errors_at_end_of_file_name_a_line_of_the_file() {
+        let errs = parse("fz.yaml", "#", Some("fz")).unwrap_err();
+        assert!(errs[0].starts_with("fz.yaml:1: "), "{errs:?}");
+        let text = "integration: fz\nbase_url: https://x.test\nrules: [";
+        let errs = parse("fz.yaml", text, Some("fz")).unwrap_err();
+        assert!(errs[0].starts_with("fz.yaml:3: "), "{errs:?}");
+    }
+
+    /// Found by tests/fuzz_props.rs: a file that is not UTF-8 was reported without a line.
+    #[test]
+    fn non_utf8_rule_file_names_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slack.yaml");
+        let mut bytes = GOOD.as_bytes().to_vec();
+        let at = GOOD.find("token_revoked").unwrap();
+        bytes[at] = 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let errs = load_file(&path).unwrap_err();
+        let want = format!("{}:12: not UTF-8 text (byte {at})", path.display());
+        assert_eq!(errs, vec![want]);
+    }
+
+    #[test]
+    fn yaml_lines_count_every_line_break_yaml_knows() {
+        assert_eq!(yaml_lines(""), 1);
+        assert_eq!(yaml_lines("a"), 1);
+        assert_eq!(yaml_lines("a\n"), 2);
+        assert_eq!(yaml_lines("a\r\nb\rc\u{85}d\u{2028}e\u{2029}f"), 6);
     }
 
     #[test]
