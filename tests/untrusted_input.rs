@@ -219,21 +219,26 @@ async fn token_response_extras_are_not_kept_unless_the_rule_file_lists_them() {
 }
 
 #[test]
-fn only_salesforce_keeps_a_token_response_field() {
+fn a_shipped_file_keeps_only_token_response_fields_its_urls_need() {
     let sets = grantd::rules::load_dir(&repo_path("rules")).expect("shipped rules load");
+    let mut kept = 0;
     for (name, set) in &sets {
-        let keep = &set
-            .auth
-            .as_ref()
-            .expect("shipped files have auth")
-            .token_metadata;
-        let expected: &[&str] = if name == "salesforce" {
-            &["instance_url"]
-        } else {
-            &[]
-        };
-        assert_eq!(keep, expected, "{name}");
+        let Some(auth) = &set.auth else { continue };
+        let urls = set.urls(None).expect("shipped URLs parse");
+        let read: Vec<&str> = urls
+            .base
+            .keys()
+            .chain(urls.token.iter().flat_map(|t| t.keys()))
+            .collect();
+        for key in &auth.token_metadata {
+            assert!(
+                read.contains(&key.as_str()),
+                "{name} keeps `{key}` but no URL reads it"
+            );
+            kept += 1;
+        }
     }
+    assert!(kept >= 1, "salesforce's instance_url at least");
 }
 
 #[test]

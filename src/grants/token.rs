@@ -338,11 +338,14 @@ fn parse_fields(
     if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(body) {
         return Some(map);
     }
-    let form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.contains("x-www-form-urlencoded"));
-    if form || body.contains(&b'=') {
+    // A form when it says so, or when it says nothing (GitHub without `Accept`); never an HTML
+    // page or other typed body that merely contains `access_token=` (found by the fuzzer).
+    let form = match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
+        None => body.contains(&b'='),
+        Some(Ok(ct)) => ct.contains("x-www-form-urlencoded"),
+        Some(Err(_)) => false,
+    };
+    if form {
         let map: serde_json::Map<_, _> = form_urlencoded::parse(body)
             .map(|(k, v)| (k.into_owned(), serde_json::Value::String(v.into_owned())))
             .collect();
@@ -441,6 +444,27 @@ fn merge_metadata(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_html_page_with_access_token_in_it_is_not_a_token_response() {
+        let rules = RuleSet::empty("x", "https://x.example".into());
+        let mut h = http::HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, "text/html".parse().unwrap());
+        let page = Bytes::from_static(b"<a href='/cb?x=1&access_token=stolen'>go</a>");
+        let got = classify(&rules, StatusCode::OK, &h, &page);
+        assert!(!matches!(got, TokenResult::Tokens(_)), "{got:?}");
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
+        let form = Bytes::from_static(b"access_token=gho_1&token_type=bearer");
+        assert!(matches!(
+            classify(&rules, StatusCode::OK, &h, &form),
+            TokenResult::Tokens(_)
+        ));
+        let untyped = classify(&rules, StatusCode::OK, &http::HeaderMap::new(), &form);
+        assert!(matches!(untyped, TokenResult::Tokens(_)));
+    }
 
     #[test]
     fn expires_in_is_a_positive_number_of_seconds_clamped_to_ten_years() {
