@@ -435,10 +435,17 @@ fn form_fields(body: &[u8]) -> serde_json::Map<String, Value> {
 }
 
 /// The fields of a token response: a JSON object, or else form-encoded fields.
-fn token_fields(body: &[u8]) -> serde_json::Map<String, Value> {
+/// A JSON object, or form fields when the answer says it is a form or says nothing.
+fn token_fields(headers: &HeaderMap, body: &[u8]) -> serde_json::Map<String, Value> {
+    let form = match headers.get(http::header::CONTENT_TYPE).map(|v| v.to_str()) {
+        None => true,
+        Some(Ok(ct)) => ct.contains("x-www-form-urlencoded"),
+        Some(Err(_)) => false,
+    };
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => map,
-        _ => form_fields(body),
+        _ if form => form_fields(body),
+        _ => serde_json::Map::new(),
     }
 }
 
@@ -452,7 +459,12 @@ fn has_access_token(fields: &serde_json::Map<String, Value>) -> bool {
 /// Tokens come only from a 2xx answer whose body is a JSON object, or form-encoded fields,
 /// with a non-empty string `access_token`; and they can be stored, with an expiry between
 /// receipt and the longest lifetime taken at its word.
-fn check_tokens(status: StatusCode, body: &[u8], result: &TokenResult) -> Result<(), String> {
+fn check_tokens(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    result: &TokenResult,
+) -> Result<(), String> {
     let TokenResult::Tokens(fields) = result else {
         return Ok(());
     };
@@ -462,7 +474,7 @@ fn check_tokens(status: StatusCode, body: &[u8], result: &TokenResult) -> Result
     if !has_access_token(fields) {
         return Err(format!("tokens without an access token: {fields:?}"));
     }
-    if &token_fields(body) != fields {
+    if &token_fields(headers, body) != fields {
         return Err(format!(
             "tokens that are neither the JSON object nor the form in the body: {fields:?}"
         ));
@@ -537,10 +549,10 @@ pub fn check_token_response(
 ) -> Result<&'static str, String> {
     let bytes = Bytes::copy_from_slice(body);
     let result = classify(&client.rules, status, headers, &bytes);
-    check_tokens(status, body, &result)?;
+    check_tokens(status, headers, body, &result)?;
     let plain = classify(&ruleless(client).rules, status, headers, &bytes);
-    check_tokens(status, body, &plain)?;
-    if status.is_success() && has_access_token(&token_fields(body)) {
+    check_tokens(status, headers, body, &plain)?;
+    if status.is_success() && has_access_token(&token_fields(headers, body)) {
         if !matches!(plain, TokenResult::Tokens(_)) {
             return Err(format!("a 2xx token response without rules: {plain:?}"));
         }
