@@ -121,6 +121,8 @@ http {{ access_log off; client_body_temp_path {work}/tmp; proxy_temp_path {work}
         with open(f"{work}/rules/one.yaml", "w") as f:
             f.write(ONE_RULE)
         shutil.copy(f"{ROOT}/rules/slack.yaml", f"{work}/rules/slack.yaml")
+        # The shared base, as shipped: inherited by `one` and `slack` after their own rules.
+        shutil.copy(f"{ROOT}/rules/_base.yaml", f"{work}/rules/_base.yaml")
         bare = subprocess.Popen([f"{ROOT}/target/release/examples/bare_proxy", f"127.0.0.1:{PORTS['bare']}", up])
         procs.append(bare)
         grantd = {}
