@@ -35,11 +35,12 @@ pub struct Stalled(pub Duration);
 
 /// A body that fails with [`Stalled`] when no frame arrives within `timeout` of being asked
 /// for one. The clock runs only while a frame is awaited, so a slow reader downstream (who
-/// stops asking) never times out the peer upstream.
+/// stops asking) never times out the peer upstream. The timer is made the first time the
+/// peer keeps us waiting: a body that is already there (most API bodies) costs none.
 pub struct IdleTimeout<B> {
     inner: B,
     timeout: Duration,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     waiting: bool,
 }
 
@@ -48,7 +49,7 @@ impl<B> IdleTimeout<B> {
         IdleTimeout {
             inner,
             timeout,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
+            sleep: None,
             waiting: false,
         }
     }
@@ -67,21 +68,28 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if !this.waiting {
-            this.waiting = true;
-            let deadline = tokio::time::Instant::now() + this.timeout;
-            this.sleep.as_mut().reset(deadline);
+        let started = this.waiting;
+        this.waiting = true;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.waiting = false;
+            return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.waiting = false;
-                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+        let deadline = tokio::time::Instant::now() + this.timeout;
+        let sleep = match &mut this.sleep {
+            Some(sleep) => {
+                if !started {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
             }
-            Poll::Pending if this.sleep.as_mut().poll(cx).is_ready() => {
-                Poll::Ready(Some(Err(Box::new(Stalled(this.timeout)))))
-            }
-            Poll::Pending => Poll::Pending,
+            None => this
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        if sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(Box::new(Stalled(this.timeout)))));
         }
+        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {

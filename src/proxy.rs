@@ -35,7 +35,7 @@ use crate::listener::Gate;
 use crate::rules::engine::Cancel;
 use crate::rules::{Action, Endpoint, Facts, Outcome, RuleSet, Verdict};
 use crate::telemetry::{IntegrationMetrics, Metrics};
-use crate::template::{BaseUrl, Hosts, Template, Urls};
+use crate::template::{BaseUrl, Urls};
 use crate::upstream::{self, UpstreamClient};
 
 /// One routable integration.
@@ -50,12 +50,13 @@ struct Route {
 /// (`https://{metadata.subdomain}.zendesk.com/api/v2`).
 enum RouteBase {
     Static(BaseUrl),
-    Template(Template, Hosts),
+    /// Filled from `Route::urls` per connection.
+    Template,
 }
 
 fn route_base(name: &str, urls: &Urls) -> anyhow::Result<RouteBase> {
     if !urls.base.is_fixed() {
-        return Ok(RouteBase::Template(urls.base.clone(), urls.hosts.clone()));
+        return Ok(RouteBase::Template);
     }
     let base = BaseUrl::parse(
         &urls
@@ -496,7 +497,8 @@ impl Proxy {
         }
         let base = match (&route.base, grant) {
             (RouteBase::Static(b), _) => std::borrow::Cow::Borrowed(b),
-            (RouteBase::Template(t, hosts), Some(g)) => {
+            (RouteBase::Template, Some(g)) => {
+                let (t, hosts) = (&route.urls.base, &route.urls.hosts);
                 match t.fill(&g.metadata, hosts).and_then(|u| BaseUrl::parse(&u)) {
                     Ok(b) => std::borrow::Cow::Owned(b),
                     Err(e) => {
@@ -509,7 +511,7 @@ impl Proxy {
                     }
                 }
             }
-            (RouteBase::Template(..), None) => {
+            (RouteBase::Template, None) => {
                 let message = "this integration's base URL depends on the connection: name one with Grantd-Connection".to_string();
                 return (
                     error(
