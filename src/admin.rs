@@ -100,7 +100,7 @@ impl Admin {
             (Method::POST, ["v1", "events", id, "retry"]) => match self
                 .grants
                 .store()
-                .retry_event(id, crate::store::now_ms())
+                .retry_event(id, crate::time::now_ms())
                 .await
             {
                 Ok(true) => ok(StatusCode::OK, &json!({"id": id, "status": "pending"})),
@@ -204,7 +204,7 @@ impl Admin {
                 let mut body = serde_json::to_value(&started).unwrap_or_default();
                 if let Some((url, expires_at)) = link {
                     body["link"] = json!(url);
-                    body["link_expires_at"] = json!(crate::grants::rfc3339(expires_at));
+                    body["link_expires_at"] = json!(crate::time::rfc3339(expires_at));
                 }
                 ok(StatusCode::OK, &body)
             }
@@ -374,7 +374,7 @@ impl Admin {
                         let mut v = serde_json::to_value(d).unwrap_or_default();
                         for key in ["next_attempt_at", "delivered_at", "created_at"] {
                             if let Some(ms) = v.get(key).and_then(|x| x.as_i64()) {
-                                v[key] = json!(crate::grants::rfc3339(ms));
+                                v[key] = json!(crate::time::rfc3339(ms));
                             }
                         }
                         v

@@ -28,8 +28,7 @@ use crate::rules::RuleSet;
 use crate::store::sqlite::SqliteStore;
 use crate::upstream;
 
-/// The encryption key in `examples/grantd.yaml`: fine for trying grantd, never for real tokens.
-pub const EXAMPLE_KEY: &str = "ZXhhbXBsZS1rZXktZG8tbm90LXVzZS1pbi1wcm9kISE=";
+pub use crate::grants::crypto::EXAMPLE_KEY;
 
 /// A running grantd.
 pub struct App {

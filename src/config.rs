@@ -450,7 +450,7 @@ impl ConnectConfig {
             absolute(&format!("connect.return_to[{i}]"), r)?;
         }
         if let Some(r) = &self.reconnect_return_to {
-            if !crate::connect::allowed(r, &self.return_to) {
+            if !crate::template::under_prefix(r, &self.return_to) {
                 return Err(format!(
                     "connect.reconnect_return_to: `{r}` is not under any connect.return_to prefix"
                 ));

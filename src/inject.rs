@@ -16,7 +16,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use crate::grants::refresh::{Refreshed, Refresher};
 use crate::grants::{Grant, GrantError, Grants};
 use crate::rules::file::Inject;
-use crate::store::{now_ms, Status};
+use crate::store::Status;
+use crate::time::now_ms;
 
 /// The connection data plane: grants, the refresher, and how each integration injects.
 pub struct Connections {

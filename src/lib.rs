@@ -28,4 +28,5 @@ pub mod rules;
 pub mod store;
 pub mod telemetry;
 pub mod template;
+pub mod time;
 pub mod upstream;

@@ -877,7 +877,7 @@ fn refused(name: &str, id: &str, refusal: Refusal) -> Response<Body> {
         );
     }
     if let Some(at) = retry_at {
-        let secs = ((at - crate::store::now_ms()) / 1000).max(1);
+        let secs = ((at - crate::time::now_ms()) / 1000).max(1);
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp

@@ -265,8 +265,8 @@ async fn reconnect_links_are_minted_at_delivery_and_never_stored() {
     };
     let keys = grantd::grants::crypto::Keyring::new(TEST_KEY, &[]).unwrap();
     let links = grantd::connect::link::Links::new(std::sync::Arc::new(keys), &config).unwrap();
-    let claims = links.open(token, grantd::store::now_ms()).unwrap();
-    let at = grantd::grants::parse_rfc3339(got[0]["timestamp"].as_str().unwrap()).unwrap();
+    let claims = links.open(token, grantd::time::now_ms()).unwrap();
+    let at = grantd::time::parse_rfc3339(got[0]["timestamp"].as_str().unwrap()).unwrap();
     assert_eq!(claims.expires_at, at + 3_600_000);
     assert_eq!(claims.request.connection_id.as_deref(), Some("acct_1"));
 

@@ -46,12 +46,12 @@ async fn connect_refresh_revoke_and_reconnect_in_place() {
     assert_eq!(query(&auth_url, "code_challenge_method").unwrap(), "S256");
     assert_eq!(query(&auth_url, "scope").unwrap(), "email openid");
     assert_eq!(query(&auth_url, "prompt").unwrap(), "consent");
-    let before = grantd::store::now_ms();
+    let before = grantd::time::now_ms();
     let back = Browser::default()
         .visit(auth_url.as_str(), app_test)
         .await
         .stopped();
-    let after = grantd::store::now_ms();
+    let after = grantd::time::now_ms();
     assert!(back.as_str().starts_with(RETURN_TO), "{back}");
     assert_eq!(
         query(&back, "status").as_deref(),
@@ -64,7 +64,7 @@ async fn connect_refresh_revoke_and_reconnect_in_place() {
     assert_eq!(c["has_refresh_token"], true);
     let created_at = c["created_at"].clone();
     // Expiry counts from our clock at receipt: expires_in (3 s) after the exchange.
-    let expires = grantd::grants::parse_rfc3339(c["expires_at"].as_str().unwrap()).unwrap();
+    let expires = grantd::time::parse_rfc3339(c["expires_at"].as_str().unwrap()).unwrap();
     assert!(expires >= before + 3000 && expires <= after + 3000, "{c}");
     assert_eq!(w.authz.token_calls("authorization_code").await, 1);
 

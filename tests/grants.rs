@@ -542,8 +542,8 @@ async fn refreshes_per_integration_are_capped_and_a_missing_expires_in_gets_the_
     let view = admin(g.admin, "GET", "/v1/connections/acct_0", None)
         .await
         .json();
-    let expires = grantd::grants::parse_rfc3339(view["expires_at"].as_str().unwrap()).unwrap();
-    let left = expires - grantd::store::now_ms();
+    let expires = grantd::time::parse_rfc3339(view["expires_at"].as_str().unwrap()).unwrap();
+    let left = expires - grantd::time::now_ms();
     assert!(
         (7_000_000..=7_200_000).contains(&left),
         "about two hours left, got {left} ms"

@@ -49,7 +49,7 @@ async fn expires_in_ms(g: &Grantd, id: &str) -> i64 {
         .await
         .json();
     let at = view["expires_at"].as_str().expect("an expiry");
-    grantd::grants::parse_rfc3339(at).unwrap() - grantd::store::now_ms()
+    grantd::time::parse_rfc3339(at).unwrap() - grantd::time::now_ms()
 }
 
 /// A refresh answered with `expires_in` set to `value`, then `requests` requests: how many

@@ -13,7 +13,8 @@ use http_body_util::{BodyExt, Full};
 use super::events::{self, ReconnectLinks, ALL};
 use super::sign::{self, Secret};
 use crate::config::{CallbacksConfig, EndpointConfig};
-use crate::store::{now_ms, Delivery, DeliveryResult, Outbox, Store};
+use crate::store::{Delivery, DeliveryResult, Outbox, Store};
+use crate::time::now_ms;
 use crate::upstream::UpstreamClient;
 
 struct Endpoint {

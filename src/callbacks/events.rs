@@ -4,8 +4,8 @@
 
 use serde_json::{json, Value};
 
-use crate::grants::rfc3339;
 use crate::store::{Delivery, Row, Status, Transition};
+use crate::time::rfc3339;
 
 /// An event ready for the outbox. `payload` is the body every attempt sends (plus, for an
 /// `authentication_error`, a `reconnect_url` made at sending: see [`body`]).

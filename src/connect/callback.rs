@@ -11,11 +11,12 @@ use std::sync::atomic::Ordering;
 use http::StatusCode;
 use serde_json::json;
 
-use super::return_to::{allowed, with_result};
+use super::return_to::with_result;
 use super::{browser, err, sha256_hex, unavailable, Connect, ConnectError, Finished, VERIFIER_AAD};
-use crate::grants::rfc3339;
 use crate::grants::token::{self, TokenResult};
-use crate::store::{now_ms, ConnectState, Taken};
+use crate::store::{ConnectState, Taken};
+use crate::template::under_prefix;
+use crate::time::{now_ms, rfc3339};
 
 /// The public callback's answer: where the browser goes, and a cookie to clear.
 #[derive(Debug, Clone)]
@@ -78,7 +79,7 @@ impl Connect {
         let state = self.take_state(query, browser).await?;
         let return_to = state.detail["return_to"]
             .as_str()
-            .filter(|r| allowed(r, &self.config.return_to))
+            .filter(|r| under_prefix(r, &self.config.return_to))
             .map(str::to_string);
         let outcome = if let Some(code) = query.get("error") {
             let description = query.get("error_description").map_or("", String::as_str);

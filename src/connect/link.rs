@@ -109,7 +109,7 @@ mod tests {
     }
 
     fn links(ttl: u64) -> Links {
-        let keys = Keyring::new(crate::app::EXAMPLE_KEY, &[]).unwrap();
+        let keys = Keyring::new(crate::grants::crypto::EXAMPLE_KEY, &[]).unwrap();
         Links::new(Arc::new(keys), &config(ttl)).unwrap()
     }
 

@@ -25,13 +25,14 @@ use serde_json::json;
 use crate::config::{ConnectConfig, RefreshConfig};
 use crate::grants::crypto::Keyring;
 use crate::grants::token::OAuthClient;
-use crate::grants::{rfc3339, validate_id, Grants};
-use crate::store::{now_ms, ConnectState};
+use crate::grants::{validate_id, Grants};
+use crate::store::ConnectState;
+use crate::template::under_prefix;
+use crate::time::{now_ms, rfc3339};
 use crate::upstream::UpstreamClient;
 use browser::CookieScope;
 pub use callback::{Answer, Completed};
 use link::{LinkError, Links};
-pub use return_to::allowed;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 const VERIFIER_AAD: &str = "grantd-pkce-verifier";
@@ -183,7 +184,7 @@ impl Connect {
             Err(e) => return Err(unavailable(e)),
         }
         if let Some(r) = &req.return_to {
-            if !allowed(r, &self.config.return_to) {
+            if !under_prefix(r, &self.config.return_to) {
                 return Err(err(
                     StatusCode::BAD_REQUEST,
                     "return_to_not_allowed",

@@ -9,6 +9,9 @@ use base64::Engine as _;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 
+/// The encryption key in `examples/grantd.yaml`: fine for trying grantd, never for real tokens.
+pub const EXAMPLE_KEY: &str = "ZXhhbXBsZS1rZXktZG8tbm90LXVzZS1pbi1wcm9kISE=";
+
 /// The encryption keys: one active (seals), any number readable (opens).
 pub struct Keyring {
     active: String,

@@ -6,7 +6,6 @@
 //! app (that is `proxy` and `admin`) and must never put a token in a log line, an error or a view.
 
 pub mod crypto;
-mod dates;
 pub mod refresh;
 pub mod token;
 
@@ -15,9 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{now_ms, ListQuery, Row, Status, Store, StoreError, Transition};
+use crate::store::{ListQuery, Row, Status, Store, StoreError, Transition};
+use crate::time::{now_ms, parse_rfc3339, rfc3339};
 use crypto::Keyring;
-pub use dates::{parse_rfc3339, rfc3339};
 
 /// A secret string: its `Debug` and `Display` never show the value.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -497,7 +496,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let keys = Keyring::new(crate::app::EXAMPLE_KEY, &[]).unwrap();
+        let keys = Keyring::new(crate::grants::crypto::EXAMPLE_KEY, &[]).unwrap();
         let grants = Grants::new(Arc::new(store), keys, std::time::Duration::from_secs(2));
         (dir, grants)
     }

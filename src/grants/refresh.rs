@@ -18,7 +18,8 @@ use tokio::sync::{OnceCell, Semaphore};
 use super::token::{self, Failure, OAuthClient, TokenResult};
 use super::{Grant, GrantError, Grants};
 use crate::config::RefreshConfig;
-use crate::store::{now_ms, LastError, Row, Status, Transition};
+use crate::store::{LastError, Row, Status, Transition};
+use crate::time::now_ms;
 use crate::upstream::UpstreamClient;
 
 /// How a refresh ended, as waiters see it.

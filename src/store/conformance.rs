@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::time::now_ms;
 
 fn row(id: &str) -> Row {
     let now = now_ms();

@@ -1,4 +1,15 @@
-//! Times as the admin API and callbacks show them: RFC 3339 UTC, to and from unix milliseconds.
+//! Time: the wall clock in unix milliseconds, and RFC 3339 UTC as the admin API and callbacks
+//! show it.
+//!
+//! A leaf: imports nothing from the crate.
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
 
 /// Unix milliseconds → RFC 3339 UTC (`2026-11-22T06:40:47.123Z`).
 pub fn rfc3339(ms: i64) -> String {

@@ -9,73 +9,12 @@
 //! connection metadata can never send a token or the client secret elsewhere.
 //! It must not know about connections, rules or HTTP clients: it maps text to checked URLs.
 
-use http::Uri;
+mod base;
+mod hosts;
 
-/// A parsed base URL: requests are only ever sent to this scheme and authority, below this path.
-#[derive(Debug, Clone)]
-pub struct BaseUrl {
-    scheme: http::uri::Scheme,
-    authority: http::uri::Authority,
-    path: String,
-}
-
-impl BaseUrl {
-    pub fn parse(s: &str) -> Result<BaseUrl, String> {
-        let uri: Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| format!("`{s}` has no scheme"))?;
-        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
-            return Err(format!("`{s}`: scheme must be http or https"));
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("`{s}` has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(format!("`{s}`: credentials do not belong in a base URL"));
-        }
-        if uri.query().is_some() {
-            return Err(format!("`{s}`: a base URL cannot have a query"));
-        }
-        Ok(BaseUrl {
-            scheme,
-            authority,
-            path: uri.path().trim_end_matches('/').to_string(),
-        })
-    }
-
-    pub fn is_https(&self) -> bool {
-        self.scheme == http::uri::Scheme::HTTPS
-    }
-
-    /// `{base}/{rest}?{query}`; `rest` has been checked for dot segments by the caller.
-    pub fn join(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
-        let mut pq = String::with_capacity(
-            self.path.len() + rest.len() + 1 + query.map_or(0, |q| q.len() + 1),
-        );
-        pq.push_str(&self.path);
-        pq.push_str(rest);
-        if pq.is_empty() {
-            pq.push('/');
-        }
-        if let Some(q) = query {
-            pq.push('?');
-            pq.push_str(q);
-        }
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-    }
-
-    /// Scheme and host, safe to show in errors (no path or query, which may carry secrets).
-    pub fn origin(&self) -> String {
-        format!("{}://{}", self.scheme, self.authority)
-    }
-}
+pub use base::BaseUrl;
+use hosts::{host_name, port_number, valid_label};
+pub use hosts::{under_prefix, Hosts};
 
 /// Where a placeholder stands, which decides what its value may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,94 +47,6 @@ impl Place {
 enum Part {
     Text(String),
     Slot { key: String, place: Place },
-}
-
-/// The hosts a templated URL may resolve to, and whether plain http is allowed.
-#[derive(Debug, Clone, Default)]
-pub struct Hosts {
-    patterns: Vec<HostPattern>,
-    allow_http: bool,
-}
-
-#[derive(Debug, Clone)]
-struct HostPattern {
-    /// Lower case; `*.example.com` matches any host below example.com (not example.com).
-    host: String,
-    port: PortRule,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum PortRule {
-    /// The scheme's default port only.
-    Default,
-    Any,
-    Exact(u16),
-}
-
-impl Hosts {
-    /// `patterns` like `*.zendesk.com`, `login.example.com:8443`, `127.0.0.1:*`.
-    pub fn new(patterns: &[String], allow_http: bool) -> Result<Hosts, String> {
-        let patterns = patterns
-            .iter()
-            .map(|p| HostPattern::parse(p))
-            .collect::<Result<_, _>>()?;
-        Ok(Hosts {
-            patterns,
-            allow_http,
-        })
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
-    }
-
-    fn allows(&self, url: &url::Url) -> bool {
-        let Some(host) = url.host_str().map(str::to_ascii_lowercase) else {
-            return false;
-        };
-        self.patterns.iter().any(|p| p.matches(&host, url.port()))
-    }
-}
-
-impl HostPattern {
-    fn parse(p: &str) -> Result<HostPattern, String> {
-        let (host, port) = match p.rsplit_once(':') {
-            Some((h, "*")) => (h, PortRule::Any),
-            Some((h, n)) => (
-                h,
-                PortRule::Exact(
-                    n.parse()
-                        .map_err(|_| format!("allowed host `{p}`: `{n}` is not a port"))?,
-                ),
-            ),
-            None => (p, PortRule::Default),
-        };
-        let bare = host.strip_prefix("*.").unwrap_or(host);
-        if bare.is_empty() || !bare.split('.').all(valid_label) {
-            return Err(format!(
-                "allowed host `{p}`: use a host name, `*.example.com` or `host:port`"
-            ));
-        }
-        Ok(HostPattern {
-            host: host.to_ascii_lowercase(),
-            port,
-        })
-    }
-
-    fn matches(&self, host: &str, port: Option<u16>) -> bool {
-        let host_ok = match self.host.strip_prefix("*.") {
-            Some(suffix) => host
-                .strip_suffix(suffix)
-                .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
-            None => host == self.host,
-        };
-        let port_ok = match self.port {
-            PortRule::Default => port.is_none(),
-            PortRule::Any => true,
-            PortRule::Exact(n) => port == Some(n),
-        };
-        host_ok && port_ok
-    }
 }
 
 /// A URL with `{metadata.KEY}` placeholders, parsed once at load.
@@ -293,7 +144,7 @@ impl Template {
             }
         }
         if self.host_from_metadata() {
-            check_host(&out, hosts).map_err(|why| {
+            hosts.check(&out).map_err(|why| {
                 let keys: Vec<&str> = self.keys().collect();
                 format!("metadata `{}`: {why}", keys.join("`, `"))
             })?;
@@ -444,42 +295,6 @@ fn origin(v: &str) -> Result<String, String> {
     Ok(url.origin().ascii_serialization())
 }
 
-/// The filled URL is https (or http where allowed) on an allowed host; both URL parsers
-/// grantd uses must agree on the host, so no parser difference can smuggle another one in.
-fn check_host(filled: &str, hosts: &Hosts) -> Result<(), String> {
-    let url = url::Url::parse(filled).map_err(|_| "does not make a valid URL".to_string())?;
-    let base = BaseUrl::parse(filled)?;
-    match url.scheme() {
-        "https" => {}
-        "http" if hosts.allow_http => {}
-        _ => return Err("the URL must be https".into()),
-    }
-    let seen = base.authority.host().to_ascii_lowercase();
-    if url.host_str().map(str::to_ascii_lowercase).as_deref() != Some(seen.as_str()) {
-        return Err("does not make an unambiguous host".into());
-    }
-    if !hosts.allows(&url) {
-        return Err("the host is not in the integration's allowed_hosts".into());
-    }
-    Ok(())
-}
-
-fn valid_label(l: &str) -> bool {
-    !l.is_empty()
-        && l.len() <= 63
-        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        && !l.starts_with('-')
-        && !l.ends_with('-')
-}
-
-fn host_name(h: &str) -> bool {
-    h.len() <= 253 && h.split('.').all(valid_label)
-}
-
-fn port_number(p: &str) -> bool {
-    p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n > 0)
-}
-
 /// RFC 3986 unreserved characters stay; everything else (`/`, `?`, `#`, `%`, `\\`, ...) is
 /// percent-encoded, so a value is always exactly one segment.
 fn percent_encode_segment(v: &str) -> String {
@@ -607,44 +422,5 @@ mod tests {
         assert!(Hosts::new(&["*.".into()], false).is_err());
         assert!(Hosts::new(&["a.com:http".into()], false).is_err());
         assert!(Hosts::new(&["a/b".into()], false).is_err());
-    }
-
-    #[test]
-    fn join_stays_on_the_base_host_and_path() {
-        let base = BaseUrl::parse("https://slack.com/api/").unwrap();
-        assert_eq!(
-            base.join("/chat.postMessage", Some("a=1"))
-                .unwrap()
-                .to_string(),
-            "https://slack.com/api/chat.postMessage?a=1"
-        );
-        // A rest that looks like a host is still a path on the base host.
-        assert_eq!(
-            base.join("//evil.example/x", None).unwrap().to_string(),
-            "https://slack.com/api//evil.example/x"
-        );
-        let root = BaseUrl::parse("https://api.github.com").unwrap();
-        assert_eq!(
-            root.join("", None).unwrap().to_string(),
-            "https://api.github.com/"
-        );
-    }
-
-    #[test]
-    fn base_urls_must_be_plain_http_origins() {
-        assert!(BaseUrl::parse("ftp://x").is_err());
-        assert!(BaseUrl::parse("/relative").is_err());
-        assert!(BaseUrl::parse("https://user:pw@x.com").is_err());
-        assert!(BaseUrl::parse("https://x.com/api?key=1").is_err());
-    }
-
-    #[test]
-    fn wildcards_match_below_the_domain_only() {
-        let p = HostPattern::parse("*.zendesk.com").unwrap();
-        assert!(p.matches("acme.zendesk.com", None));
-        assert!(p.matches("a.b.zendesk.com", None));
-        assert!(!p.matches("zendesk.com", None));
-        assert!(!p.matches("evilzendesk.com", None));
-        assert!(!p.matches("acme.zendesk.com", Some(8443)));
     }
 }
