@@ -22,7 +22,7 @@ use crate::grants::crypto::Keyring;
 use crate::grants::refresh::Refresher;
 use crate::grants::token::oauth_clients;
 use crate::grants::Grants;
-use crate::inject::Connections;
+use crate::proxy::Connections;
 use crate::proxy::Proxy;
 use crate::rules::RuleSet;
 use crate::store::sqlite::SqliteStore;
@@ -95,7 +95,8 @@ impl App {
             .filter_map(|(name, set)| set.auth.as_ref().map(|a| (name.clone(), a.inject.clone())))
             .collect();
         let connections = Arc::new(Connections::new(grants.clone(), refresher.clone(), injects));
-        let proxy = Arc::new(Proxy::new(config, rule_sets)?.with_connections(connections));
+        let proxy =
+            Arc::new(Proxy::new(config, rule_sets)?.with_connections(connections, store.clone()));
         let (stop, stop_rx) = watch::channel(false);
 
         let admin_addr = match &config.admin.token {

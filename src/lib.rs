@@ -20,7 +20,6 @@ pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod grants;
-pub mod inject;
 pub mod listener;
 pub mod proxy;
 pub mod retry_after;

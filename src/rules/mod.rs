@@ -9,6 +9,7 @@
 pub mod check;
 pub mod engine;
 pub mod file;
+mod run;
 pub mod summary;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use crate::template::{Hosts, Urls};
 use engine::{Cancel, Document, Limits, Program, RequestFacts};
 
 pub use file::{load_dir, LoadErrors};
+pub use run::run;
 
 /// Which kind of provider endpoint produced a response.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -1,23 +1,31 @@
-//! Token injection: which connection a request names, getting a usable token for it, and
-//! putting that token where the provider expects it.
+//! The third phase, and the connection policy in one place: which grant a request uses, when
+//! it is refreshed, paused or replayed.
 //!
-//! Owns the request-path policy of connections: unknown or foreign connections are refused,
-//! `needs_reauth` connections are paused without touching the provider, expired tokens are
-//! refreshed (single-flight) before sending, and a live `reauth` verdict pauses the
-//! connection. It must not speak HTTP itself (`proxy` turns a [`Refusal`] into a response) and
-//! must never let a token reach a log line or an error.
+//! A request that names a connection is refused when the connection is unknown, belongs to
+//! another integration or is `needs_reauth` (the provider is not touched); an expired token is
+//! refreshed (single-flight) before sending; after the response, a `reauth` signal pauses the
+//! connection and a `refresh` signal refreshes once and replays a kept body once. It must not
+//! build responses (it returns a [`Refusal`] for [`super::respond`]) and must never let a token
+//! reach a log line or an error.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::Response;
 
+use super::forward::{Head, Replay, Target};
+use super::respond::Failure;
+use super::rewrite::Signal;
+use super::Proxy;
+use crate::body::{Body, IdleTimeout};
 use crate::grants::refresh::{Refreshed, Refresher};
 use crate::grants::{Grant, GrantError, Grants};
 use crate::rules::file::Inject;
 use crate::store::Status;
 use crate::time::now_ms;
+use hyper::body::Incoming;
 
 /// The connection data plane: grants, the refresher, and how each integration injects.
 pub struct Connections {
@@ -32,6 +40,7 @@ pub enum Refusal {
     NotFound,
     WrongIntegration {
         actual: String,
+        wanted: String,
     },
     NeedsReauth,
     ConfigError {
@@ -43,57 +52,6 @@ pub enum Refusal {
         retry_at: Option<i64>,
     },
     Broken(String),
-}
-
-/// Who is asking and for which connection, as a request's headers say.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Named {
-    /// `Grantd-Connection: {id}` or, for SDKs that only let you set a token,
-    /// `Authorization: Bearer grantd:{id}`.
-    pub connection: Option<String>,
-    /// The caller's token: `Proxy-Authorization: Bearer {token}`, or the SDK form
-    /// `Authorization: Bearer grantd:{id}/{token}`.
-    pub caller_token: Option<String>,
-}
-
-/// Takes the connection and the caller's token out of the headers. `Proxy-Authorization`
-/// always goes; the app's `Authorization` goes whenever a connection is named, so neither ever
-/// reaches the provider.
-pub fn take_names(headers: &mut HeaderMap) -> Named {
-    let bearer = |name: HeaderName, headers: &HeaderMap| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(|v| v.trim().to_string())
-    };
-    let mut caller_token = bearer(header::PROXY_AUTHORIZATION, headers);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    let named = headers
-        .get("grantd-connection")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_string());
-    let from_auth = bearer(header::AUTHORIZATION, headers)
-        .and_then(|v| v.strip_prefix("grantd:").map(str::to_string))
-        .map(|v| match v.split_once('/') {
-            Some((id, token)) => {
-                caller_token = caller_token.take().or(Some(token.to_string()));
-                id.to_string()
-            }
-            None => v,
-        });
-    let connection = named.or(from_auth).filter(|id| !id.is_empty());
-    if connection.is_some() {
-        headers.remove("grantd-connection");
-        headers.remove(header::AUTHORIZATION);
-    }
-    Named {
-        connection,
-        caller_token,
-    }
 }
 
 impl Connections {
@@ -110,7 +68,7 @@ impl Connections {
     }
 
     /// A grant whose access token can be sent now, refreshing first when it is expired.
-    pub async fn resolve(&self, id: &str, integration: &str) -> Result<Arc<Grant>, Refusal> {
+    async fn resolve(&self, id: &str, integration: &str) -> Result<Arc<Grant>, Refusal> {
         let grant = match self.grants.cached(id) {
             Some(g) => g,
             // A healthy store answers in milliseconds; the request path does not wait longer
@@ -127,6 +85,7 @@ impl Connections {
         if grant.integration != integration {
             return Err(Refusal::WrongIntegration {
                 actual: grant.integration.clone(),
+                wanted: integration.to_string(),
             });
         }
         if grant.status == Status::NeedsReauth {
@@ -165,7 +124,7 @@ impl Connections {
 
     /// After a `refresh` verdict (or an `invalid_token` 401): one single-flight refresh past
     /// the version the request used.
-    pub async fn refresh_after_rejection(&self, grant: &Grant) -> Option<Arc<Grant>> {
+    async fn refresh_after_rejection(&self, grant: &Grant) -> Option<Arc<Grant>> {
         match self.refresher.refresh(&grant.id, grant.version).await {
             Refreshed::Ok { grant, .. } => Some(grant),
             _ => None,
@@ -173,7 +132,7 @@ impl Connections {
     }
 
     /// A live `reauth` verdict pauses the connection (unless it changed meanwhile).
-    pub async fn pause(&self, grant: &Grant, detail: serde_json::Value) {
+    async fn pause(&self, grant: &Grant, detail: serde_json::Value) {
         if let Err(e) = self
             .grants
             .mark_needs_reauth(&grant.id, grant.version, detail)
@@ -185,7 +144,7 @@ impl Connections {
 
     /// Puts the access token where the integration wants it: a header (default
     /// `Authorization: Bearer {access_token}`) or a query parameter.
-    pub fn apply(
+    pub(super) fn inject(
         &self,
         integration: &str,
         grant: &Grant,
@@ -231,65 +190,51 @@ fn refusal(e: GrantError) -> Refusal {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_connection_comes_from_its_header_or_a_grantd_bearer() {
-        let mut h = HeaderMap::new();
-        h.insert("grantd-connection", HeaderValue::from_static("acct_1"));
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer app-token"),
-        );
-        assert_eq!(take_names(&mut h).connection.as_deref(), Some("acct_1"));
-        assert!(
-            h.get(header::AUTHORIZATION).is_none(),
-            "the app's Authorization never goes upstream"
-        );
-
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer grantd:acct_2"),
-        );
-        assert_eq!(take_names(&mut h).connection.as_deref(), Some("acct_2"));
-        assert!(h.is_empty());
-
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer app-token"),
-        );
-        assert_eq!(take_names(&mut h), Named::default());
-        assert!(
-            h.get(header::AUTHORIZATION).is_some(),
-            "no connection named: the app's own token is its business"
-        );
-    }
-
-    #[test]
-    fn the_caller_token_comes_from_proxy_authorization_or_the_sdk_form() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::PROXY_AUTHORIZATION,
-            HeaderValue::from_static("Bearer gdc_abc"),
-        );
-        h.insert("grantd-connection", HeaderValue::from_static("acct_1"));
-        let named = take_names(&mut h);
-        assert_eq!(named.caller_token.as_deref(), Some("gdc_abc"));
-        assert_eq!(named.connection.as_deref(), Some("acct_1"));
-        assert!(h.is_empty(), "{h:?}");
-
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer grantd:acct:2@x/gdc_def"),
-        );
-        let named = take_names(&mut h);
-        assert_eq!(named.connection.as_deref(), Some("acct:2@x"));
-        assert_eq!(named.caller_token.as_deref(), Some("gdc_def"));
-        assert!(h.is_empty());
+impl Proxy {
+    /// A request that names a connection: resolve a usable token, send, and act on what the
+    /// response signals (pause; or refresh once and replay once when the body was kept).
+    pub(super) async fn for_connection(
+        &self,
+        target: Target<'_>,
+        mut head: Head,
+        body: IdleTimeout<Incoming>,
+        id: &str,
+    ) -> Result<Response<Body>, Failure> {
+        let connections = self
+            .connections
+            .as_ref()
+            .ok_or(Failure::ConnectionsDisabled)?;
+        let refused = |refusal| Failure::Connection {
+            id: id.to_string(),
+            refusal,
+        };
+        let grant = connections
+            .resolve(id, target.name)
+            .await
+            .map_err(refused)?;
+        let (first, kept, _budget) = match self.keep_for_replay(&head, body).await? {
+            Replay::Kept(bytes, held) => (Replay::body(&bytes), Some(bytes), held),
+            Replay::Streamed(body) => (head.streamed(body), None, None),
+        };
+        let (resp, signal) = self.send(target, head.clone(), first, Some(&grant)).await?;
+        let fresh = match signal {
+            Signal::None => return Ok(resp),
+            Signal::Reauth(detail) => {
+                connections.pause(&grant, detail).await;
+                return Ok(resp);
+            }
+            Signal::Refresh => connections.refresh_after_rejection(&grant).await,
+        };
+        // A streamed body cannot be sent again: the next call uses the new token.
+        let (Some(fresh), Some(bytes)) = (fresh, kept) else {
+            return Ok(resp);
+        };
+        let (resp, signal) = self
+            .send(target, head, Replay::body(&bytes), Some(&fresh))
+            .await?;
+        if let Signal::Reauth(detail) = signal {
+            connections.pause(&fresh, detail).await;
+        }
+        Ok(resp)
     }
 }
