@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use crate::connect::{Connect, ConnectRequest};
 use crate::grants::refresh::Refresher;
 use crate::grants::{ConnectionView, GrantError, Grants, PutConnection};
-use crate::store::{ListQuery, Status};
+use crate::store::{ListQuery, Status, Store};
 use crate::template::Urls;
 
 type Body = Full<Bytes>;
@@ -25,6 +25,8 @@ type Incoming = crate::body::Body;
 
 pub struct Admin {
     grants: Arc<Grants>,
+    /// For the event outbox and per-integration counts; connections go through `grants`.
+    store: Arc<dyn Store>,
     refresher: Arc<Refresher>,
     connect: Arc<Connect>,
     token_digest: Vec<u8>,
@@ -42,6 +44,7 @@ impl Admin {
     /// `integrations`: every integration the proxy routes.
     pub fn new(
         grants: Arc<Grants>,
+        store: Arc<dyn Store>,
         refresher: Arc<Refresher>,
         connect: Arc<Connect>,
         token: &str,
@@ -49,6 +52,7 @@ impl Admin {
     ) -> Admin {
         Admin {
             grants,
+            store,
             refresher,
             connect,
             token_digest: digest(token.as_bytes()),
@@ -97,20 +101,17 @@ impl Admin {
             (Method::GET, ["v1", "connections", id]) => self.get(id).await,
             (Method::DELETE, ["v1", "connections", id]) => self.delete(id).await,
             (Method::GET, ["v1", "events"]) => self.events(req.uri().query()).await,
-            (Method::POST, ["v1", "events", id, "retry"]) => match self
-                .grants
-                .store()
-                .retry_event(id, crate::time::now_ms())
-                .await
-            {
-                Ok(true) => ok(StatusCode::OK, &json!({"id": id, "status": "pending"})),
-                Ok(false) => fail(
-                    StatusCode::NOT_FOUND,
-                    "unknown_event",
-                    &format!("no undelivered event `{id}`"),
-                ),
-                Err(e) => grant_error(e.into()),
-            },
+            (Method::POST, ["v1", "events", id, "retry"]) => {
+                match self.store.retry_event(id, crate::time::now_ms()).await {
+                    Ok(true) => ok(StatusCode::OK, &json!({"id": id, "status": "pending"})),
+                    Ok(false) => fail(
+                        StatusCode::NOT_FOUND,
+                        "unknown_event",
+                        &format!("no undelivered event `{id}`"),
+                    ),
+                    Err(e) => grant_error(e.into()),
+                }
+            }
             (Method::POST, ["v1", "connections", id, "refresh"]) => {
                 let outcome = self.refresher.force(id).await;
                 let status = match &outcome {
@@ -361,12 +362,7 @@ impl Admin {
                 }
             }
         }
-        match self
-            .grants
-            .store()
-            .deliveries(status.as_deref(), limit)
-            .await
-        {
+        match self.store.deliveries(status.as_deref(), limit).await {
             Ok(list) => {
                 let events: Vec<serde_json::Value> = list
                     .iter()
@@ -387,7 +383,7 @@ impl Admin {
     }
 
     async fn integrations(&self) -> Response<Body> {
-        let counts = match self.grants.store().counts().await {
+        let counts = match self.store.counts().await {
             Ok(c) => c,
             Err(e) => return grant_error(e.into()),
         };

@@ -38,6 +38,8 @@ pub struct App {
     pub connect_addr: Option<SocketAddr>,
     pub connect: Arc<Connect>,
     pub grants: Arc<Grants>,
+    /// The store itself, for those that keep more than connections (tests, tools).
+    pub store: Arc<dyn crate::store::Store>,
     pub refresher: Arc<Refresher>,
     stop: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
@@ -83,12 +85,12 @@ impl App {
         ));
         let connect = Arc::new(Connect::new(
             grants.clone(),
+            store.clone(),
             upstream::client(&config.upstream, tls.clone()),
             clients.clone(),
             connect_keys,
             links,
-            config.connect.clone(),
-            config.refresh.clone(),
+            config,
         ));
         let injects = rule_sets
             .iter()
@@ -111,6 +113,7 @@ impl App {
                     .collect();
                 let admin = Arc::new(Admin::new(
                     grants.clone(),
+                    store.clone(),
                     refresher.clone(),
                     connect.clone(),
                     token,
@@ -146,7 +149,7 @@ impl App {
         control.spawn(refresher.clone().run_proactive());
         let callback_client = upstream::client(&config.upstream, tls);
         let deliverer = crate::callbacks::deliver::Deliverer::new(
-            store,
+            store.clone(),
             callback_client,
             &config.callbacks,
             reconnect_links,
@@ -189,6 +192,7 @@ impl App {
             connect_addr,
             connect,
             grants,
+            store,
             refresher,
             stop,
             workers,

@@ -180,7 +180,7 @@ async fn invalid_grant_pauses_the_connection_after_exactly_one_token_call() {
     put_expired(&g, "acct_1", "rt-fresh").await;
     assert_eq!(call(&g, "acct_1").await.status, 200);
     let app = g.app.as_ref().unwrap();
-    let log = app.grants.store().transitions("acct_1").await.unwrap();
+    let log = app.store.transitions("acct_1").await.unwrap();
     let causes: Vec<(&str, &str)> = log
         .iter()
         .map(|t| (t.to_status.as_str(), t.cause.as_str()))
@@ -482,8 +482,7 @@ async fn a_live_reauth_verdict_pauses_the_connection() {
     assert_eq!(view["status"], "needs_reauth");
     let app = g.app.as_ref().unwrap();
     let last = app
-        .grants
-        .store()
+        .store
         .transitions("acct_1")
         .await
         .unwrap()
@@ -637,6 +636,40 @@ async fn token_rules_classify_a_lying_token_endpoint() {
         ),
         (Some("needs_reauth"), Some("bad_refresh_token"))
     );
+}
+
+/// Regression (issue 12): token-endpoint rules ran with the command line's fixed budget, not the
+/// configured `evaluation` limits. Here the configured sequence limit (5) is below what the rule
+/// needs, so the rule fails, the RFC 6749 reading applies, and the grant is not declared dead.
+#[tokio::test]
+async fn token_rules_obey_the_configured_evaluation_limits() {
+    let p = Provider::start().await;
+    p.grant("rt-0");
+    p.set_mode(Mode::GithubLies);
+    let rules = oauth::RULES.replace(
+        "rules: []\n",
+        r#"rules:
+  - name: needs-a-long-sequence
+    on: token
+    expr: '$count([1..10]) = 10 and $contains($string(body), "bad_refresh_token") ? { "status": 401, "action": "reauth" }'
+"#,
+    );
+    let extra = "evaluation:\n  max_sequence_length: 5\n";
+    let g = grantd(&oauth::config(&p, extra))
+        .rule_file("lab.yaml", &rules)
+        .start();
+    put_expired(&g, "acct_1", "rt-0").await;
+    let got = call(&g, "acct_1").await;
+    assert_eq!(
+        got.json()["error"],
+        "refresh_unavailable",
+        "{:?}",
+        got.json()
+    );
+    let view = admin(g.admin, "GET", "/v1/connections/acct_1", None)
+        .await
+        .json();
+    assert_eq!(view["status"], "active", "{view}");
 }
 
 #[tokio::test]

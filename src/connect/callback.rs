@@ -120,8 +120,7 @@ impl Connect {
         })?;
         let now = now_ms();
         let taken = self
-            .grants
-            .store()
+            .store
             .take_connect_state(&sha256_hex(state), browser, now)
             .await
             .map_err(unavailable)?;
@@ -177,7 +176,7 @@ impl Connect {
         if let Some(v) = &verifier {
             form.push(("code_verifier", v));
         }
-        let metadata = match self.grants.store().get(&state.connection_id).await {
+        let metadata = match self.store.get(&state.connection_id).await {
             Ok(Some(row)) => row.metadata,
             _ => json!({}),
         };

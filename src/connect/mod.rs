@@ -22,11 +22,11 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::config::{ConnectConfig, RefreshConfig};
+use crate::config::{Config, ConnectConfig, RefreshConfig};
 use crate::grants::crypto::Keyring;
 use crate::grants::token::OAuthClient;
 use crate::grants::{validate_id, Grants};
-use crate::store::ConnectState;
+use crate::store::{ConnectState, Store};
 use crate::template::under_prefix;
 use crate::time::{now_ms, rfc3339};
 use crate::upstream::UpstreamClient;
@@ -102,6 +102,8 @@ pub enum Finished {
 
 pub struct Connect {
     grants: Arc<Grants>,
+    /// Connect states and used links live in the store; connections go through `grants`.
+    store: Arc<dyn Store>,
     http: UpstreamClient,
     clients: HashMap<String, OAuthClient>,
     keys: Arc<Keyring>,
@@ -116,19 +118,21 @@ pub struct Connect {
 impl Connect {
     pub fn new(
         grants: Arc<Grants>,
+        store: Arc<dyn Store>,
         http: UpstreamClient,
         clients: HashMap<String, OAuthClient>,
         keys: Arc<Keyring>,
         links: Option<Arc<Links>>,
-        config: ConnectConfig,
-        refresh: RefreshConfig,
+        config: &Config,
     ) -> Connect {
+        let (config, refresh) = (config.connect.clone(), config.refresh.clone());
         let cookies = config
             .listen
             .and(config.public_url.as_deref())
             .and_then(CookieScope::new);
         Connect {
             grants,
+            store,
             http,
             clients,
             keys,
@@ -169,7 +173,7 @@ impl Connect {
                 e.to_string(),
             )
         })?;
-        match self.grants.store().get(id).await {
+        match self.store.get(id).await {
             Ok(Some(row)) if row.integration != *name => {
                 return Err(err(
                     StatusCode::CONFLICT,
@@ -253,8 +257,7 @@ impl Connect {
             created_at: now,
             expires_at: now + self.config.state_ttl.as_millis() as i64,
         };
-        self.grants
-            .store()
+        self.store
             .put_connect_state(&record, now)
             .await
             .map_err(unavailable)?;
@@ -299,8 +302,7 @@ impl Connect {
         let now = now_ms();
         let claims = self.read_link(token, now)?;
         let first = self
-            .grants
-            .store()
+            .store
             .use_connect_link(&sha256_hex(token), claims.expires_at, now)
             .await
             .map_err(unavailable)?;

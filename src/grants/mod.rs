@@ -138,10 +138,6 @@ impl Grants {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
     /// The cached grant however old, trusted for another `cache_ttl`: used when the store
     /// cannot be reached, so requests with valid tokens keep flowing through an outage and
     /// only one request per TTL pays for finding the store down.
@@ -531,7 +527,7 @@ mod tests {
             .store_authorized("c1", "lab", "email", &answer(&first, now))
             .await
             .unwrap();
-        let row = g.store().get("c1").await.unwrap().unwrap();
+        let row = g.store.get("c1").await.unwrap().unwrap();
         assert_eq!(row.expires_at, Some(now + 3_600_000));
         assert_eq!(
             v.metadata,
@@ -542,7 +538,7 @@ mod tests {
             vec!["email"],
             "requested scopes when the answer has none"
         );
-        let t = g.store().transitions("c1").await.unwrap();
+        let t = g.store.transitions("c1").await.unwrap();
         assert_eq!(t.last().unwrap().cause, "created");
 
         // Re-authorized from needs_reauth without a new refresh token: the old one is kept,
@@ -550,7 +546,7 @@ mod tests {
         let mut paused = row.clone();
         paused.version += 1;
         paused.status = Status::NeedsReauth;
-        assert!(g.store().cas(&paused, row.version, None).await.unwrap());
+        assert!(g.store.cas(&paused, row.version, None).await.unwrap());
         let again = fields(serde_json::json!({"access_token": "at-2", "scope": "email,profile"}));
         g.store_authorized("c1", "lab", "email", &answer(&again, now + 5))
             .await
@@ -569,7 +565,7 @@ mod tests {
             grant.metadata["instance_url"],
             "https://x.my.salesforce.com"
         );
-        let t = g.store().transitions("c1").await.unwrap();
+        let t = g.store.transitions("c1").await.unwrap();
         assert_eq!(t.last().unwrap().cause, "reauthorized");
     }
 }

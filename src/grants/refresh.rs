@@ -127,7 +127,7 @@ impl Refresher {
 
     /// An operator's refresh: ignores a fresh token and any backoff.
     pub async fn force(self: &Arc<Self>, id: &str) -> Refreshed {
-        match self.grants.store().get(id).await {
+        match self.grants.store.get(id).await {
             Ok(Some(row)) => self.refresh_with(id, row.version, true, true).await,
             Ok(None) => Refreshed::NotFound,
             Err(e) => transient(e.to_string(), None),
@@ -187,7 +187,7 @@ impl Refresher {
             + 2 * self.config.lease.as_millis() as i64
             + self.config.token_timeout.as_millis() as i64;
         loop {
-            let row = match self.grants.store().get(id).await {
+            let row = match self.grants.store.get(id).await {
                 Ok(Some(row)) => row,
                 Ok(None) => return Refreshed::NotFound,
                 Err(e) => return transient(format!("{e}"), None),
@@ -198,7 +198,7 @@ impl Refresher {
             }
             if self
                 .grants
-                .store()
+                .store
                 .acquire_lease(
                     id,
                     &owner,
@@ -295,22 +295,22 @@ impl Refresher {
     ) -> Refreshed {
         // Re-read under the lease: another process may have refreshed and released its lease
         // between our read and our lease. Its token is then used, not refreshed again.
-        let row = match self.grants.store().get(id).await {
+        let row = match self.grants.store.get(id).await {
             Ok(Some(row)) => row,
             Ok(None) => return Refreshed::NotFound,
             Err(e) => {
-                let _ = self.grants.store().release_lease(id, owner).await;
+                let _ = self.grants.store.release_lease(id, owner).await;
                 return transient(e.to_string(), None);
             }
         };
         if let Some(settled) = self.already_settled(&row, seen_version, now_ms(), force) {
-            let _ = self.grants.store().release_lease(id, owner).await;
+            let _ = self.grants.store.release_lease(id, owner).await;
             return settled;
         }
         let grant = match self.grants.open(&row) {
             Ok(g) => g,
             Err(e) => {
-                let _ = self.grants.store().release_lease(id, owner).await;
+                let _ = self.grants.store.release_lease(id, owner).await;
                 return Refreshed::Impossible {
                     error: e.to_string(),
                 };
@@ -412,7 +412,7 @@ impl Refresher {
         loop {
             match self
                 .grants
-                .store()
+                .store
                 .cas(&next, row.version, transition.clone())
                 .await
             {
@@ -471,7 +471,7 @@ impl Refresher {
         loop {
             let now = now_ms();
             let horizon = now + self.config.window_max.as_millis() as i64;
-            match self.grants.store().due(now, horizon, 500).await {
+            match self.grants.store.due(now, horizon, 500).await {
                 Ok(rows) => {
                     for row in rows {
                         // Each connection gets its own threshold within the window (jitter), so a

@@ -13,8 +13,10 @@ use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 
 use super::{Grants, Secret};
-use crate::rules::file::{AuthSpec, CapturedResponse, ClientAuth, RequestSpec};
-use crate::rules::{check::evaluate_captured, Action, Endpoint, Outcome as RuleOutcome, RuleSet};
+use crate::config::EvaluationConfig;
+use crate::rules::engine::Cancel;
+use crate::rules::file::{AuthSpec, CapturedResponse, ClientAuth};
+use crate::rules::{Action, Endpoint, Facts, Outcome as RuleOutcome, RuleSet};
 use crate::store::{Row, Status};
 use crate::template::{Template, Urls};
 use crate::upstream::UpstreamClient;
@@ -34,6 +36,8 @@ pub struct OAuthClient {
     pub client_id: Secret,
     pub client_secret: Option<Secret>,
     pub rules: Arc<RuleSet>,
+    /// The limits its token rules run under (`evaluation` in the config).
+    pub eval: EvaluationConfig,
 }
 
 /// What the token endpoint said, classified.
@@ -120,7 +124,7 @@ pub async fn call(
             None,
         ),
         Ok(Err(e)) => TokenResult::Transient(failure("unreachable", None, Some(e)), None),
-        Ok(Ok((parts, body))) => classify(&client.rules, parts.status, &parts.headers, &body),
+        Ok(Ok((parts, body))) => classify_sent(client, parts.status, &parts.headers, &body).await,
     }
 }
 
@@ -229,13 +233,9 @@ pub fn apply_tokens(
     next.last_error = None;
 }
 
-/// Token rules first (providers that lie), then RFC 6749 §5.2.
-pub fn classify(
-    rules: &RuleSet,
-    status: StatusCode,
-    headers: &http::HeaderMap,
-    body: &Bytes,
-) -> TokenResult {
+/// What the token rules see of a token response: the same facts as `grantd rules eval` with
+/// `"on": "token"` builds from a captured one, so both classify alike.
+fn token_facts(status: StatusCode, headers: &http::HeaderMap, body: &Bytes) -> (Facts, Bytes) {
     let captured = CapturedResponse {
         status: status.as_u16(),
         headers: headers
@@ -244,10 +244,51 @@ pub fn classify(
             .collect(),
         body: serde_json::Value::String(String::from_utf8_lossy(body).into_owned()),
     };
-    let request = RequestSpec {
+    let facts = Facts {
+        endpoint: Endpoint::Token,
+        status: captured.status,
+        headers: captured.rule_headers(),
         method: "POST".into(),
         path: "/".into(),
     };
+    (facts, Bytes::from(captured.body_bytes()))
+}
+
+/// Classifies a token response on the refresh and connect paths: the rules run with the
+/// configured `evaluation` limits, off the async threads unless they are bounded.
+async fn classify_sent(
+    client: &OAuthClient,
+    status: StatusCode,
+    headers: &http::HeaderMap,
+    body: &Bytes,
+) -> TokenResult {
+    let (facts, text) = token_facts(status, headers, body);
+    let outcome = crate::rules::run(client.rules.clone(), facts, text, &client.eval).await;
+    classify_outcome(outcome, status, headers, body)
+}
+
+/// [`classify_outcome`] with the rules evaluated here and now under the rule-test budget
+/// (`grantd rules eval` and tests; the refresher uses the configured limits through [`call`]).
+pub fn classify(
+    rules: &RuleSet,
+    status: StatusCode,
+    headers: &http::HeaderMap,
+    body: &Bytes,
+) -> TokenResult {
+    let (facts, text) = token_facts(status, headers, body);
+    let budget = crate::rules::default_budget();
+    let outcome = rules.evaluate(&facts, &text, &budget, &Cancel::default());
+    classify_outcome(outcome, status, headers, body)
+}
+
+/// Token rules first (providers that lie: `outcome` is theirs on this response), then
+/// RFC 6749 §5.2.
+pub fn classify_outcome(
+    outcome: RuleOutcome,
+    status: StatusCode,
+    headers: &http::HeaderMap,
+    body: &Bytes,
+) -> TokenResult {
     let retry_after = headers
         .get(header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
@@ -264,13 +305,7 @@ pub fn classify(
         .and_then(|f| f.get("error_description"))
         .and_then(|v| v.as_str())
         .map(str::to_string);
-    if let RuleOutcome::Verdict(v) = evaluate_captured(
-        rules,
-        Endpoint::Token,
-        &request,
-        &captured,
-        &crate::rules::default_budget(),
-    ) {
+    if let RuleOutcome::Verdict(v) = outcome {
         let f = Failure {
             code: v.error.clone().unwrap_or_else(|| code.clone()),
             status: Some(status.as_u16()),
@@ -394,6 +429,7 @@ pub fn oauth_clients(
                     .filter(|s| !s.is_empty())
                     .map(Secret::new),
                 rules: Arc::new(set.clone()),
+                eval: config.evaluation.clone(),
             },
         );
     }

@@ -355,6 +355,7 @@ fn client(set: &RuleSet) -> OAuthClient {
         client_id: Secret::new("client"),
         client_secret: Some(Secret::new("secret")),
         rules: Arc::new(set.clone()),
+        eval: Default::default(),
     }
 }
 
