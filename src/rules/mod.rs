@@ -10,6 +10,7 @@ pub mod check;
 pub mod engine;
 pub mod file;
 mod run;
+mod spec;
 pub mod summary;
 
 use std::collections::BTreeMap;

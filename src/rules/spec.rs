@@ -1,0 +1,255 @@
+//! What a rule file says, as typed data: the YAML shapes (`auth`, `rules`, `tests`) and the
+//! captured responses tests are written in. Pure data and their defaults; loading and
+//! compiling them is [`super::file`]'s.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::Endpoint;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileSpec {
+    pub(super) integration: String,
+    pub(super) base_url: String,
+    /// Hosts a templated URL may resolve to (`*.zendesk.com`, `host:port`, `host:*`).
+    #[serde(default)]
+    pub(super) allowed_hosts: Vec<String>,
+    /// Lets templated URLs use plain http (local test setups only).
+    #[serde(default)]
+    pub(super) allow_http: bool,
+    /// Inherit the shared base (`_base.yaml`), evaluated after this file's own rules.
+    #[serde(default = "default_true")]
+    pub(super) base: bool,
+    #[serde(default)]
+    pub(super) description: Option<String>,
+    #[serde(default)]
+    pub(super) auth: Option<AuthSpec>,
+    #[serde(default)]
+    pub(super) rules: Vec<RuleSpec>,
+    #[serde(default)]
+    pub(super) tests: Vec<TestSpec>,
+}
+
+/// How the integration does OAuth. Client id and secret come from the deployment config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSpec {
+    #[serde(default)]
+    pub authorize_url: Option<String>,
+    /// May use `{metadata.KEY}` placeholders, like `base_url`.
+    pub token_url: String,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Extra form parameters for token requests.
+    #[serde(default)]
+    pub token_params: BTreeMap<String, String>,
+    /// Extra query parameters for the authorization URL (`access_type: offline`, ...).
+    #[serde(default)]
+    pub authorize_params: BTreeMap<String, String>,
+    /// Scopes always asked for, whatever the app asks (`offline_access` for a refresh token).
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// How scopes are joined in the authorization URL (Slack: `,`).
+    #[serde(default = "default_scope_separator")]
+    pub scope_separator: String,
+    /// Send a PKCE S256 challenge (RFC 7636). Providers that do not know PKCE ignore it.
+    #[serde(default = "default_true")]
+    pub pkce: bool,
+    #[serde(default)]
+    pub inject: Inject,
+    /// Token-answer fields kept as connection metadata, for `{metadata.KEY}` templates
+    /// (Salesforce: `[instance_url]`). Nothing else from a token answer is kept.
+    #[serde(default)]
+    pub token_metadata: Vec<String>,
+}
+
+fn default_scope_separator() -> String {
+    " ".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// RFC 6749 §2.3.1: `basic` (form-urlencoded id and secret inside HTTP Basic) or `body`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    Basic,
+    #[default]
+    Body,
+}
+
+impl ClientAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::Basic => "basic",
+            ClientAuth::Body => "body",
+        }
+    }
+}
+
+/// Where the access token goes: a header with a format, or a query parameter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inject {
+    #[serde(default = "default_inject_header")]
+    pub header: String,
+    #[serde(default = "default_inject_format")]
+    pub format: String,
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+impl Default for Inject {
+    fn default() -> Self {
+        Inject {
+            header: default_inject_header(),
+            format: default_inject_format(),
+            query: None,
+        }
+    }
+}
+
+fn default_inject_header() -> String {
+    "authorization".into()
+}
+fn default_inject_format() -> String {
+    "Bearer {access_token}".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RuleSpec {
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) on: Endpoint,
+    #[serde(rename = "match", default)]
+    pub(super) matcher: MatchSpec,
+    pub(super) expr: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MatchSpec {
+    #[serde(default)]
+    pub(super) status: Vec<StatusSpec>,
+    #[serde(default)]
+    pub(super) content_type: Option<String>,
+    #[serde(default)]
+    pub(super) path_prefix: Option<String>,
+    /// The path contains this (e.g. `graphql`: `/graphql`, `/admin/api/2024-10/graphql.json`).
+    #[serde(default)]
+    pub(super) path_contains: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum StatusSpec {
+    Code(u16),
+    Class(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TestSpec {
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) on: Endpoint,
+    /// Catalog id the case was taken from, e.g. `slack-04`.
+    #[serde(default)]
+    pub(super) source: Option<String>,
+    #[serde(default)]
+    pub(super) request: Option<RequestSpec>,
+    pub(super) response: CapturedResponse,
+    pub(super) expect: Expect,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    #[serde(default = "default_method")]
+    pub method: String,
+    #[serde(default = "default_path")]
+    pub path: String,
+}
+
+pub(super) fn default_method() -> String {
+    "GET".into()
+}
+pub(super) fn default_path() -> String {
+    "/".into()
+}
+
+/// A captured provider response, as written in `tests:` and read by `grantd rules eval`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapturedResponse {
+    pub status: u16,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// A JSON value, or a string holding the raw body text; absent means empty.
+    #[serde(default)]
+    pub body: serde_json::Value,
+}
+
+impl CapturedResponse {
+    /// The body bytes as the provider sent them: a string is the raw text, anything else
+    /// is serialized JSON.
+    pub fn body_bytes(&self) -> Vec<u8> {
+        match &self.body {
+            serde_json::Value::Null => Vec::new(),
+            serde_json::Value::String(s) => s.clone().into_bytes(),
+            other => other.to_string().into_bytes(),
+        }
+    }
+
+    /// Headers as rules see them (lower-case). A test without `content-type` gets the one
+    /// its body implies, so catalog payloads can be pasted without their headers.
+    pub fn rule_headers(&self) -> Vec<(String, String)> {
+        let mut headers: Vec<(String, String)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        if !headers.iter().any(|(k, _)| k == "content-type") {
+            let implied = match &self.body {
+                serde_json::Value::Null => None,
+                serde_json::Value::String(_) => Some("text/plain"),
+                _ => Some("application/json"),
+            };
+            if let Some(ct) = implied {
+                headers.push(("content-type".into(), ct.into()));
+            }
+        }
+        headers
+    }
+}
+
+/// What a test expects; every field given must match.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    #[serde(default)]
+    pub unchanged: bool,
+    pub rule: Option<String>,
+    pub status: Option<u16>,
+    pub action: Option<super::Action>,
+    pub error: Option<String>,
+    pub detail: Option<String>,
+    pub retry_after: Option<u64>,
+}
+
+/// One test case from a rule file, ready to run.
+#[derive(Debug, Clone)]
+pub struct TestCase {
+    pub name: String,
+    pub line: usize,
+    pub on: Endpoint,
+    pub source: Option<String>,
+    pub request: RequestSpec,
+    pub response: CapturedResponse,
+    pub expect: Expect,
+}
