@@ -5,7 +5,7 @@
 //! with its own `SO_REUSEPORT` listener; they read grants from memory and hand refreshes to the
 //! control runtime. This module must not contain request logic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,18 +14,20 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 
 use crate::admin::Admin;
+use crate::callbacks::deliver::Deliverer;
 use crate::config::Config;
 use crate::connect::link::Links;
 use crate::connect::public::Public;
 use crate::connect::Connect;
 use crate::grants::crypto::Keyring;
 use crate::grants::refresh::Refresher;
-use crate::grants::token::oauth_clients;
+use crate::grants::token::{oauth_clients, OAuthClient};
 use crate::grants::Grants;
 use crate::proxy::Connections;
 use crate::proxy::Proxy;
 use crate::rules::RuleSet;
 use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
 use crate::upstream;
 
 pub use crate::grants::crypto::EXAMPLE_KEY;
@@ -48,14 +50,9 @@ pub struct App {
 
 impl App {
     pub fn start(config: &Config, rule_sets: BTreeMap<String, RuleSet>) -> anyhow::Result<App> {
-        let encryption = config.encryption.as_ref().context(
-            "encryption.key is required: tokens are encrypted at rest (make one with: openssl rand -base64 32)",
-        )?;
-        let keys =
-            Keyring::new(&encryption.key, &encryption.previous_keys).map_err(anyhow::Error::msg)?;
-        if encryption.key.trim() == EXAMPLE_KEY {
-            tracing::warn!("encryption.key is the example key from examples/grantd.yaml: fine for trying grantd, never for real tokens");
-        }
+        let (keys, connect_keys) = keyrings(config)?;
+        // The control runtime: store, refresher, admin, connect, callbacks. Proxy workers
+        // have their own runtimes (see `spawn_workers`).
         let control = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("grantd-control")
@@ -63,9 +60,6 @@ impl App {
             .build()?;
         let outbox =
             crate::callbacks::deliver::outbox(&config.callbacks).map_err(anyhow::Error::msg)?;
-        let connect_keys = Arc::new(
-            Keyring::new(&encryption.key, &encryption.previous_keys).map_err(anyhow::Error::msg)?,
-        );
         let links = Links::new(connect_keys.clone(), &config.connect).map(Arc::new);
         // The delivery worker makes each authentication_error's reconnect_url when it sends it.
         let reconnect_links = links
@@ -92,63 +86,22 @@ impl App {
             links,
             config,
         ));
-        let injects = rule_sets
-            .iter()
-            .filter_map(|(name, set)| set.auth.as_ref().map(|a| (name.clone(), a.inject.clone())))
-            .collect();
-        let connections = Arc::new(Connections::new(grants.clone(), refresher.clone(), injects));
-        let proxy =
-            Arc::new(Proxy::new(config, rule_sets)?.with_connections(connections, store.clone()));
+        let proxy = proxy_with_connections(config, rule_sets, &grants, &refresher, &store)?;
         let (stop, stop_rx) = watch::channel(false);
 
-        let admin_addr = match &config.admin.token {
-            Some(token) if !token.is_empty() => {
-                let integrations = proxy
-                    .urls()
-                    .into_iter()
-                    .map(|(name, urls)| {
-                        let oauth_client = clients.contains_key(&name);
-                        (name, crate::admin::Known { oauth_client, urls })
-                    })
-                    .collect();
-                let admin = Arc::new(Admin::new(
-                    grants.clone(),
-                    store.clone(),
-                    refresher.clone(),
-                    connect.clone(),
-                    token,
-                    integrations,
-                ));
-                let listener = control
-                    .block_on(tokio::net::TcpListener::bind(config.admin.listen))
-                    .with_context(|| format!("cannot listen on {} (admin)", config.admin.listen))?;
-                let addr = listener.local_addr()?;
-                control.spawn(admin.serve(listener, config.server.clone(), stop_rx.clone()));
-                Some(addr)
-            }
-            _ => {
-                tracing::warn!("admin.token is not set: the admin API is off");
-                None
-            }
-        };
-        let connect_addr = match config.connect.listen {
-            Some(addr) => {
-                let public = Arc::new(Public::new(
-                    connect.clone(),
-                    config.connect.default_redirect_uri().as_deref(),
-                ));
-                let listener = control
-                    .block_on(tokio::net::TcpListener::bind(addr))
-                    .with_context(|| format!("cannot listen on {addr} (connect.listen)"))?;
-                let bound = listener.local_addr()?;
-                control.spawn(public.serve(listener, config.server.clone(), stop_rx.clone()));
-                Some(bound)
-            }
+        let admin = admin_api(
+            config, &proxy, &clients, &grants, &store, &refresher, &connect,
+        );
+        let admin_addr = match admin {
+            Some(admin) => Some(serve_on(&control, config.admin.listen, "admin", |l| {
+                admin.serve(l, config.server.clone(), stop_rx.clone())
+            })?),
             None => None,
         };
+        let connect_addr = serve_public(config, &connect, &control, &stop_rx)?;
         control.spawn(refresher.clone().run_proactive());
         let callback_client = upstream::client(&config.upstream, tls);
-        let deliverer = crate::callbacks::deliver::Deliverer::new(
+        let deliverer = Deliverer::new(
             store.clone(),
             callback_client,
             &config.callbacks,
@@ -160,30 +113,7 @@ impl App {
         let listeners = bind_workers(config.listen, config.workers)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let proxy_addr = listeners[0].local_addr()?;
-        let mut workers = Vec::new();
-        for (i, listener) in listeners.into_iter().enumerate() {
-            let (proxy, mut stop) = (proxy.clone(), stop_rx.clone());
-            workers.push(
-                std::thread::Builder::new()
-                    .name(format!("grantd-worker-{i}"))
-                    .spawn(move || {
-                        let runtime = tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()?;
-                        runtime.block_on(async move {
-                            let listener = tokio::net::TcpListener::from_std(listener)?;
-                            proxy
-                                .serve(listener, async move {
-                                    let _ = stop.wait_for(|s| *s).await;
-                                })
-                                .await;
-                            anyhow::Ok(())
-                        })?;
-                        runtime.shutdown_background();
-                        Ok(())
-                    })?,
-            );
-        }
+        let workers = spawn_workers(&proxy, listeners, &stop_rx)?;
         let integrations: Vec<&str> = proxy.integrations().collect();
         tracing::info!(listen = %proxy_addr, admin = ?admin_addr, workers = config.workers, integrations = ?integrations, "grantd proxy listening");
         Ok(App {
@@ -223,6 +153,147 @@ impl Drop for App {
             control.shutdown_background();
         }
     }
+}
+
+/// The encryption keys, twice: one for the tokens (`grants`), one for connect states and links.
+fn keyrings(config: &Config) -> anyhow::Result<(Keyring, Arc<Keyring>)> {
+    let encryption = config.encryption.as_ref().context(
+        "encryption.key is required: tokens are encrypted at rest (make one with: openssl rand -base64 32)",
+    )?;
+    if encryption.key.trim() == EXAMPLE_KEY {
+        tracing::warn!("encryption.key is the example key from examples/grantd.yaml: fine for trying grantd, never for real tokens");
+    }
+    let keyring =
+        || Keyring::new(&encryption.key, &encryption.previous_keys).map_err(anyhow::Error::msg);
+    Ok((keyring()?, Arc::new(keyring()?)))
+}
+
+/// The proxy, with connections (injection, refresh, pausing) on `grants` and `store`.
+fn proxy_with_connections(
+    config: &Config,
+    rule_sets: BTreeMap<String, RuleSet>,
+    grants: &Arc<Grants>,
+    refresher: &Arc<Refresher>,
+    store: &Arc<dyn Store>,
+) -> anyhow::Result<Arc<Proxy>> {
+    let injects = rule_sets
+        .iter()
+        .filter_map(|(name, set)| set.auth.as_ref().map(|a| (name.clone(), a.inject.clone())))
+        .collect();
+    let connections = Arc::new(Connections::new(grants.clone(), refresher.clone(), injects));
+    let proxy = Proxy::new(config, rule_sets)?.with_connections(connections, store.clone());
+    Ok(Arc::new(proxy))
+}
+
+/// The admin API, when `admin.token` is set.
+fn admin_api(
+    config: &Config,
+    proxy: &Proxy,
+    clients: &HashMap<String, OAuthClient>,
+    grants: &Arc<Grants>,
+    store: &Arc<dyn Store>,
+    refresher: &Arc<Refresher>,
+    connect: &Arc<Connect>,
+) -> Option<Arc<Admin>> {
+    let Some(token) = config.admin.token.as_deref().filter(|t| !t.is_empty()) else {
+        tracing::warn!("admin.token is not set: the admin API is off");
+        return None;
+    };
+    let integrations = proxy
+        .urls()
+        .into_iter()
+        .map(|(name, urls)| {
+            let oauth_client = clients.contains_key(&name);
+            (name, crate::admin::Known { oauth_client, urls })
+        })
+        .collect();
+    Some(Arc::new(Admin::new(
+        grants.clone(),
+        store.clone(),
+        refresher.clone(),
+        connect.clone(),
+        token,
+        integrations,
+    )))
+}
+
+/// The public connect pages, when `connect.listen` is set.
+fn serve_public(
+    config: &Config,
+    connect: &Arc<Connect>,
+    control: &tokio::runtime::Runtime,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(addr) = config.connect.listen else {
+        return Ok(None);
+    };
+    let redirect = config.connect.default_redirect_uri();
+    let public = Arc::new(Public::new(connect.clone(), redirect.as_deref()));
+    let bound = serve_on(control, addr, "connect.listen", |l| {
+        public.serve(l, config.server.clone(), stop.clone())
+    })?;
+    Ok(Some(bound))
+}
+
+/// Binds `addr` and spawns `serve` on the control runtime; the bound address comes back.
+fn serve_on<F>(
+    control: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    what: &str,
+    serve: impl FnOnce(tokio::net::TcpListener) -> F,
+) -> anyhow::Result<SocketAddr>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = bind(control, addr, what)?;
+    let bound = listener.local_addr()?;
+    control.spawn(serve(listener));
+    Ok(bound)
+}
+
+/// A listener for the control runtime, named in the error when the address is taken.
+fn bind(
+    control: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    what: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    control
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+/// One thread per proxy listener, each with its own single-threaded runtime, serving until
+/// `stop` turns true.
+fn spawn_workers(
+    proxy: &Arc<Proxy>,
+    listeners: Vec<std::net::TcpListener>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<anyhow::Result<()>>>> {
+    let mut workers = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (proxy, mut stop) = (proxy.clone(), stop.clone());
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("grantd-worker-{i}"))
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    runtime.block_on(async move {
+                        let listener = tokio::net::TcpListener::from_std(listener)?;
+                        proxy
+                            .serve(listener, async move {
+                                let _ = stop.wait_for(|s| *s).await;
+                            })
+                            .await;
+                        anyhow::Ok(())
+                    })?;
+                    runtime.shutdown_background();
+                    Ok(())
+                })?,
+        );
+    }
+    Ok(workers)
 }
 
 /// SQLite by default; PostgreSQL (fleet mode) when `store.url` is given.
