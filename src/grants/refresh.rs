@@ -346,7 +346,42 @@ impl Refresher {
         result: TokenResult,
         client: &OAuthClient,
     ) -> Refreshed {
-        let now = now_ms();
+        let (next, transition, outcome) = self.decide(&row, &grant, result, client, now_ms());
+        if let Err(theirs) = self.write(&row, &next, transition.clone()).await {
+            return theirs;
+        }
+        log_outcome(&row, &next, transition.as_ref());
+        match outcome {
+            Some(o) => {
+                self.grants.forget(&row.id);
+                o
+            }
+            None => match self.grants.open(&next) {
+                Ok(g) => {
+                    let g = self.grants.remember(g);
+                    Refreshed::Ok {
+                        version: next.version,
+                        expires_at: next.expires_at,
+                        grant: g,
+                    }
+                }
+                Err(e) => Refreshed::Impossible {
+                    error: e.to_string(),
+                },
+            },
+        }
+    }
+
+    /// Where a refresh is decided: the row after `result`, the status change it records, and
+    /// what the caller is told unless the new tokens are opened (`None`).
+    fn decide(
+        &self,
+        row: &Row,
+        grant: &Grant,
+        result: TokenResult,
+        client: &OAuthClient,
+        now: i64,
+    ) -> (Row, Option<Transition>, Option<Refreshed>) {
         let mut next = row.clone();
         next.version = row.version + 1;
         next.updated_at = now;
@@ -408,25 +443,37 @@ impl Refresher {
                 ));
             }
         }
+        (next, transition, outcome)
+    }
+
+    /// Writes the decided row, retrying while the store fails: the provider may already have
+    /// rotated the refresh token, so this result must not be dropped. `Err` when someone else
+    /// replaced the row meanwhile (theirs wins, and is what the caller gets).
+    async fn write(
+        &self,
+        row: &Row,
+        next: &Row,
+        transition: Option<Transition>,
+    ) -> Result<(), Refreshed> {
         let mut delay = Duration::from_millis(50);
         loop {
             match self
                 .grants
                 .store
-                .cas(&next, row.version, transition.clone())
+                .cas(next, row.version, transition.clone())
                 .await
             {
-                Ok(true) => break,
+                Ok(true) => return Ok(()),
                 // Someone replaced the row (a PUT) while we held the lease: theirs wins.
                 Ok(false) => {
-                    return match self.grants.load(&row.id).await {
+                    return Err(match self.grants.load(&row.id).await {
                         Ok(g) => Refreshed::Ok {
                             version: g.version,
                             expires_at: g.expires_at,
                             grant: g,
                         },
                         Err(e) => transient(e.to_string(), None),
-                    }
+                    })
                 }
                 Err(e) => {
                     tracing::error!(connection = %row.id, error = %e, "cannot store the refresh result; retrying");
@@ -434,26 +481,6 @@ impl Refresher {
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
             }
-        }
-        log_outcome(&row, &next, transition.as_ref());
-        match outcome {
-            Some(o) => {
-                self.grants.forget(&row.id);
-                o
-            }
-            None => match self.grants.open(&next) {
-                Ok(g) => {
-                    let g = self.grants.remember(g);
-                    Refreshed::Ok {
-                        version: next.version,
-                        expires_at: next.expires_at,
-                        grant: g,
-                    }
-                }
-                Err(e) => Refreshed::Impossible {
-                    error: e.to_string(),
-                },
-            },
         }
     }
 

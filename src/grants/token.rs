@@ -16,7 +16,7 @@ use super::{Grants, Secret};
 use crate::config::EvaluationConfig;
 use crate::rules::engine::Cancel;
 use crate::rules::file::{AuthSpec, CapturedResponse, ClientAuth};
-use crate::rules::{Action, Endpoint, Facts, Outcome as RuleOutcome, RuleSet};
+use crate::rules::{Action, Endpoint, Facts, Outcome as RuleOutcome, RuleSet, Verdict};
 use crate::store::{Row, Status};
 use crate::template::{Template, Urls};
 use crate::upstream::UpstreamClient;
@@ -281,6 +281,30 @@ pub fn classify(
     classify_outcome(outcome, status, headers, body)
 }
 
+/// A token rule's verdict, when it settles the answer (`refresh` and `none` do not): the
+/// rule's words first, the response's own (`error`, `error_description`, `Retry-After`) after.
+fn from_verdict(
+    v: &Verdict,
+    status: StatusCode,
+    (code, description, retry_after): (&str, Option<&str>, Option<i64>),
+) -> Option<TokenResult> {
+    let f = Failure {
+        code: v.error.clone().unwrap_or_else(|| code.to_string()),
+        status: Some(status.as_u16()),
+        description: v.message.clone().or(description.map(str::to_string)),
+        detail: v.detail.clone(),
+    };
+    match v.action {
+        Action::Reauth => Some(TokenResult::Grant(f)),
+        Action::FixConfig => Some(TokenResult::Config(f)),
+        Action::Retry => Some(TokenResult::Transient(
+            f,
+            v.retry_after.map(|s| s as i64).or(retry_after),
+        )),
+        Action::Refresh | Action::None => None,
+    }
+}
+
 /// Token rules first (providers that lie: `outcome` is theirs on this response), then
 /// RFC 6749 §5.2.
 pub fn classify_outcome(
@@ -294,31 +318,21 @@ pub fn classify_outcome(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok());
     let fields = parse_fields(headers, body);
-    let code = fields
-        .as_ref()
-        .and_then(|f| f.get("error"))
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-        .to_string();
-    let description = fields
-        .as_ref()
-        .and_then(|f| f.get("error_description"))
-        .and_then(|v| v.as_str())
-        .map(str::to_string);
+    let field = |name| {
+        fields
+            .as_ref()
+            .and_then(|f| f.get(name))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let (code, description) = (
+        field("error").unwrap_or_default(),
+        field("error_description"),
+    );
     if let RuleOutcome::Verdict(v) = outcome {
-        let f = Failure {
-            code: v.error.clone().unwrap_or_else(|| code.clone()),
-            status: Some(status.as_u16()),
-            description: v.message.clone().or(description.clone()),
-            detail: v.detail.clone(),
-        };
-        match v.action {
-            Action::Reauth => return TokenResult::Grant(f),
-            Action::FixConfig => return TokenResult::Config(f),
-            Action::Retry => {
-                return TokenResult::Transient(f, v.retry_after.map(|s| s as i64).or(retry_after))
-            }
-            Action::Refresh | Action::None => {}
+        let said = (code.as_str(), description.as_deref(), retry_after);
+        if let Some(result) = from_verdict(&v, status, said) {
+            return result;
         }
     }
     let f = Failure {

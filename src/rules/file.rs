@@ -139,6 +139,28 @@ pub fn parse(file: &str, text: &str, stem: Option<&str>) -> Result<RuleSet, Vec<
         )]
     })?;
     let lines = ItemLines::scan(text);
+    let mut errors = check_head(file, &spec, stem);
+    let rules = compile_rules(file, &spec.rules, &lines, &mut errors);
+    let tests = collect_tests(file, spec.tests, &rules, &lines, &mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(RuleSet {
+        integration: spec.integration,
+        file: file.to_string(),
+        base_url: spec.base_url,
+        description: spec.description,
+        allowed_hosts: spec.allowed_hosts,
+        allow_http: spec.allow_http,
+        inherits_base: spec.base,
+        auth: spec.auth,
+        rules,
+        tests,
+    })
+}
+
+/// The file's head: its name, allow-list, URL templates and `auth` section.
+fn check_head(file: &str, spec: &FileSpec, stem: Option<&str>) -> Vec<String> {
     let mut errors = Vec::new();
     if !valid_integration_name(&spec.integration) {
         errors.push(format!(
@@ -190,23 +212,7 @@ pub fn parse(file: &str, text: &str, stem: Option<&str>) -> Result<RuleSet, Vec<
             ));
         }
     }
-    let rules = compile_rules(file, &spec.rules, &lines, &mut errors);
-    let tests = collect_tests(file, spec.tests, &rules, &lines, &mut errors);
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    Ok(RuleSet {
-        integration: spec.integration,
-        file: file.to_string(),
-        base_url: spec.base_url,
-        description: spec.description,
-        allowed_hosts: spec.allowed_hosts,
-        allow_http: spec.allow_http,
-        inherits_base: spec.base,
-        auth: spec.auth,
-        rules,
-        tests,
-    })
+    errors
 }
 
 fn compile_rules(
