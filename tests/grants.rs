@@ -672,6 +672,20 @@ async fn token_rules_obey_the_configured_evaluation_limits() {
     assert_eq!(view["status"], "active", "{view}");
 }
 
+/// Figma refreshes at a second endpoint (`auth.refresh_url`); codes still go to `token_url`.
+#[tokio::test]
+async fn a_separate_refresh_endpoint_gets_the_refresh_grant() {
+    let p = Provider::start().await;
+    p.grant("rt-0");
+    let extra = format!("    refresh_url: \"http://{}/refresh\"\n", p.addr);
+    let g = grantd(&oauth::config(&p, &extra))
+        .rule_file("lab.yaml", oauth::RULES)
+        .start();
+    put_expired(&g, "acct_1", "rt-0").await;
+    assert_eq!(call(&g, "acct_1").await.status, 200);
+    assert_eq!(*p.token_paths.lock().unwrap(), vec!["/refresh".to_string()]);
+}
+
 #[tokio::test]
 async fn deleted_connections_are_gone_for_the_proxy_too() {
     let p = Provider::start().await;

@@ -469,6 +469,12 @@ pub struct IntegrationConfig {
     /// Replaces the rule file's `auth.token_url`.
     #[serde(default)]
     pub token_url: Option<String>,
+    /// Replaces the rule file's `auth.refresh_url`.
+    #[serde(default)]
+    pub refresh_url: Option<String>,
+    /// Replaces the rule file's `auth.revocation_url`.
+    #[serde(default)]
+    pub revocation_url: Option<String>,
     /// Replaces the rule file's `allowed_hosts` (where templated URLs may point).
     #[serde(default)]
     pub allowed_hosts: Option<Vec<String>>,
@@ -495,6 +501,8 @@ impl std::fmt::Debug for IntegrationConfig {
         f.debug_struct("IntegrationConfig")
             .field("base_url", &self.base_url)
             .field("token_url", &self.token_url)
+            .field("refresh_url", &self.refresh_url)
+            .field("revocation_url", &self.revocation_url)
             .field("allowed_hosts", &self.allowed_hosts)
             .field("allow_http", &self.allow_http)
             .field("client_id", &self.client_id)

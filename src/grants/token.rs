@@ -133,7 +133,13 @@ fn token_request(
     grant: &[(&str, &str)],
     metadata: &serde_json::Value,
 ) -> Result<Request<crate::upstream::RequestBody>, String> {
-    let url = client.token_url.fill(metadata, &client.urls.hosts)?;
+    // A refresh goes to the provider's refresh endpoint when it has its own.
+    let refreshing = grant.contains(&("grant_type", "refresh_token"));
+    let endpoint = match &client.urls.refresh {
+        Some(refresh) if refreshing => refresh,
+        _ => &client.token_url,
+    };
+    let url = endpoint.fill(metadata, &client.urls.hosts)?;
     let mut form = form_urlencoded::Serializer::new(String::new());
     for (k, v) in grant {
         form.append_pair(k, v);

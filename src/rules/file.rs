@@ -182,6 +182,12 @@ fn check_head(file: &str, spec: &FileSpec, stem: Option<&str>) -> Vec<String> {
     let mut urls = vec![("base_url", spec.base_url.as_str())];
     if let Some(auth) = &spec.auth {
         urls.push(("auth.token_url", &auth.token_url));
+        for (key, url) in [
+            ("auth.refresh_url", &auth.refresh_url),
+            ("auth.revocation_url", &auth.revocation_url),
+        ] {
+            urls.extend(url.as_deref().map(|u| (key, u)));
+        }
     }
     for (key, url) in urls {
         match Template::parse(url) {

@@ -233,11 +233,20 @@ impl RuleSet {
         let base = over
             .and_then(|o| o.base_url.as_deref())
             .unwrap_or(&self.base_url);
-        let token = self.auth.as_ref().map(|a| {
+        let auth = self.auth.as_ref();
+        let token = auth.map(|a| {
             over.and_then(|o| o.token_url.as_deref())
                 .unwrap_or(&a.token_url)
         });
-        Urls::new(base, token, hosts).map_err(in_file)
+        let refresh = over
+            .and_then(|o| o.refresh_url.as_deref())
+            .or(auth.and_then(|a| a.refresh_url.as_deref()));
+        let revocation = over
+            .and_then(|o| o.revocation_url.as_deref())
+            .or(auth.and_then(|a| a.revocation_url.as_deref()));
+        Urls::new(base, token, hosts)
+            .and_then(|u| u.with_endpoints(refresh, revocation))
+            .map_err(in_file)
     }
 
     /// True when every rule is stopped by the engine's own time limit, so evaluating inline on

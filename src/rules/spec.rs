@@ -40,6 +40,13 @@ pub struct AuthSpec {
     pub authorize_url: Option<String>,
     /// May use `{metadata.KEY}` placeholders, like `base_url`.
     pub token_url: String,
+    /// Where refresh-token grants go when the provider has a second endpoint for them (Figma:
+    /// `https://api.figma.com/v1/oauth/refresh`); default `token_url`.
+    #[serde(default)]
+    pub refresh_url: Option<String>,
+    /// RFC 7009 token revocation endpoint: a deleted connection's token is revoked there first.
+    #[serde(default)]
+    pub revocation_url: Option<String>,
     #[serde(default)]
     pub client_auth: ClientAuth,
     /// Extra form parameters for token requests.

@@ -42,8 +42,11 @@ pub fn table(sets: &BTreeMap<String, RuleSet>) -> String {
 
 /// The metadata keys the rule file's URL templates read, as `` `a`, `b` `` (or `-`).
 fn metadata_keys(set: &RuleSet) -> String {
-    let urls = std::iter::once(set.base_url.as_str())
-        .chain(set.auth.as_ref().map(|a| a.token_url.as_str()));
+    let urls = std::iter::once(set.base_url.as_str()).chain(set.auth.iter().flat_map(|a| {
+        std::iter::once(a.token_url.as_str())
+            .chain(a.refresh_url.as_deref())
+            .chain(a.revocation_url.as_deref())
+    }));
     let mut keys: Vec<String> = urls
         .filter_map(|u| Template::parse(u).ok())
         .flat_map(|t| t.keys().map(str::to_string).collect::<Vec<_>>())

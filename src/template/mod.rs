@@ -182,24 +182,41 @@ impl Template {
 pub struct Urls {
     pub base: Template,
     pub token: Option<Template>,
+    /// A second token endpoint for refresh-token grants (default: `token`).
+    pub refresh: Option<Template>,
+    /// RFC 7009 token revocation.
+    pub revocation: Option<Template>,
     pub hosts: Hosts,
 }
 
 impl Urls {
     /// Parses the templates; one that takes its host from metadata needs an allow-list.
     pub fn new(base: &str, token: Option<&str>, hosts: Hosts) -> Result<Urls, String> {
-        let parse = |key: &str, url: &str| {
-            let t = Template::parse(url).map_err(|e| format!("{key}: {e}"))?;
-            if t.host_from_metadata() && hosts.is_empty() {
-                return Err(format!("{key}: connection metadata decides the host, so allowed_hosts must list where it may point"));
-            }
-            Ok(t)
-        };
         Ok(Urls {
-            base: parse("base_url", base)?,
-            token: token.map(|t| parse("token_url", t)).transpose()?,
+            base: parse_for("base_url", base, &hosts)?,
+            token: token
+                .map(|t| parse_for("token_url", t, &hosts))
+                .transpose()?,
+            refresh: None,
+            revocation: None,
             hosts,
         })
+    }
+
+    /// Adds the optional token-side endpoints (refresh, revocation), checked like the others.
+    pub fn with_endpoints(
+        mut self,
+        refresh: Option<&str>,
+        revocation: Option<&str>,
+    ) -> Result<Urls, String> {
+        let hosts = &self.hosts;
+        self.refresh = refresh
+            .map(|u| parse_for("refresh_url", u, hosts))
+            .transpose()?;
+        self.revocation = revocation
+            .map(|u| parse_for("revocation_url", u, hosts))
+            .transpose()?;
+        Ok(self)
     }
 
     /// Checks metadata before it is stored; the error names the key at fault.
@@ -207,11 +224,22 @@ impl Urls {
         &self,
         metadata: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), String> {
-        for t in std::iter::once(&self.base).chain(&self.token) {
+        let endpoints = [&self.token, &self.refresh, &self.revocation];
+        for t in std::iter::once(&self.base).chain(endpoints.into_iter().flatten()) {
             t.check(metadata, &self.hosts)?;
         }
         Ok(())
     }
+}
+
+/// Parses one of an integration's URLs; one that takes its host from metadata needs an
+/// allow-list.
+fn parse_for(key: &str, url: &str, hosts: &Hosts) -> Result<Template, String> {
+    let t = Template::parse(url).map_err(|e| format!("{key}: {e}"))?;
+    if t.host_from_metadata() && hosts.is_empty() {
+        return Err(format!("{key}: connection metadata decides the host, so allowed_hosts must list where it may point"));
+    }
+    Ok(t)
 }
 
 /// Decides a placeholder's place from the text before it (`so_far`, with earlier

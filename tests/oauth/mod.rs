@@ -52,6 +52,8 @@ pub struct Provider {
     state: Mutex<State>,
     pub token_calls: AtomicUsize,
     pub token_call_times: Mutex<Vec<Instant>>,
+    /// The path of every token call (`/token`, or `/refresh` for a separate refresh endpoint).
+    pub token_paths: Mutex<Vec<String>>,
     pub api_calls: AtomicUsize,
     pub api_rejections: AtomicUsize,
     pub in_flight: AtomicUsize,
@@ -79,6 +81,7 @@ impl Provider {
             state: Mutex::new(State::default()),
             token_calls: AtomicUsize::new(0),
             token_call_times: Mutex::new(Vec::new()),
+            token_paths: Mutex::new(Vec::new()),
             api_calls: AtomicUsize::new(0),
             api_rejections: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
@@ -146,7 +149,7 @@ impl Provider {
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         match req.uri().path() {
-            "/token" => self.token(req).await,
+            "/token" | "/refresh" => self.token(req).await,
             _ => self.api(req),
         }
     }
@@ -200,6 +203,8 @@ impl Provider {
     async fn token(&self, req: Request<Incoming>) -> Response<Body> {
         let n = self.token_calls.fetch_add(1, Ordering::SeqCst);
         self.token_call_times.lock().unwrap().push(Instant::now());
+        let path = req.uri().path().to_string();
+        self.token_paths.lock().unwrap().push(path);
         let mode = *self.mode.lock().unwrap();
         if mode == Mode::HangFirst && n == 0 {
             tokio::time::sleep(Duration::from_secs(3600)).await;
