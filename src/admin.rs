@@ -14,7 +14,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::connect::{Connect, ConnectRequest};
+use crate::grants::credential::{self, Accepts};
 use crate::grants::refresh::Refresher;
+use crate::grants::revoke::Revocation;
 use crate::grants::{ConnectionView, GrantError, Grants, PutConnection};
 use crate::store::{ListQuery, Status, Store};
 use crate::template::Urls;
@@ -36,6 +38,8 @@ pub struct Admin {
 /// What the admin API knows of an integration.
 pub struct Known {
     pub oauth_client: bool,
+    /// The credential kinds its rule file accepts.
+    pub accepts: Accepts,
     /// What connection metadata must fit (checked before it is stored).
     pub urls: Arc<Urls>,
 }
@@ -99,7 +103,7 @@ impl Admin {
                 self.put(&id, req).await
             }
             (Method::GET, ["v1", "connections", id]) => self.get(id).await,
-            (Method::DELETE, ["v1", "connections", id]) => self.delete(id).await,
+            (Method::DELETE, ["v1", "connections", id]) => self.delete(id, req.uri().query()).await,
             (Method::GET, ["v1", "events"]) => self.events(req.uri().query()).await,
             (Method::POST, ["v1", "events", id, "retry"]) => {
                 match self.store.retry_event(id, crate::time::now_ms()).await {
@@ -157,10 +161,18 @@ impl Admin {
             );
             return fail(StatusCode::BAD_REQUEST, "unknown_integration", &message);
         };
+        let held = match credential::check(&put.credentials, &put.integration, &known.accepts) {
+            Ok(held) => held,
+            Err(message) => return fail(StatusCode::BAD_REQUEST, "invalid_credentials", &message),
+        };
+        let mut put = put;
+        if let Some((key, value)) = credential::derived_metadata(held.as_ref(), &known.accepts) {
+            put.metadata.entry(key).or_insert(value.into());
+        }
         if let Err(message) = known.urls.check(&put.metadata) {
             return fail(StatusCode::BAD_REQUEST, "invalid_metadata", &message);
         }
-        match self.grants.put(id, put).await {
+        match self.grants.put(id, put, held).await {
             Ok(view) => ok(StatusCode::OK, &to_json(&view)),
             Err(e) => grant_error(e),
         }
@@ -260,12 +272,21 @@ impl Admin {
         }
     }
 
-    async fn delete(&self, id: &str) -> Response<Body> {
+    /// Revokes the connection's token at the provider first (unless `?revoke=false`), then
+    /// deletes it whatever the provider said; the answer says both.
+    async fn delete(&self, id: &str, query: Option<&str>) -> Response<Body> {
+        let skip = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .any(|(k, v)| k == "revoke" && v == "false");
+        let revocation = match self.grants.view(id).await {
+            Err(e) => return grant_error(e),
+            Ok(_) if skip => Revocation::Skipped,
+            Ok(_) => self.refresher.revoke(id).await,
+        };
         match self.grants.delete(id).await {
-            Ok(true) => Response::builder()
-                .status(StatusCode::NO_CONTENT)
-                .body(Full::default())
-                .expect("static response"),
+            Ok(true) => {
+                let body = json!({"id": id, "deleted": true, "revocation": revocation.describe()});
+                ok(StatusCode::OK, &body)
+            }
             Ok(false) => fail(
                 StatusCode::NOT_FOUND,
                 "unknown_connection",

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::connect::link::Links;
 use crate::connect::public::Public;
 use crate::connect::Connect;
+use crate::grants::credential::Accepts;
 use crate::grants::crypto::Keyring;
 use crate::grants::refresh::Refresher;
 use crate::grants::token::{oauth_clients, OAuthClient};
@@ -81,7 +82,12 @@ impl App {
             grants.clone(),
             store.clone(),
             upstream::client(&config.upstream, tls.clone()),
-            clients.clone(),
+            // The authorization-code flow needs a configured client id.
+            clients
+                .iter()
+                .filter(|(_, c)| c.configured())
+                .map(|(n, c)| (n.clone(), c.clone()))
+                .collect(),
             connect_keys,
             links,
             config,
@@ -176,11 +182,7 @@ fn proxy_with_connections(
     refresher: &Arc<Refresher>,
     store: &Arc<dyn Store>,
 ) -> anyhow::Result<Arc<Proxy>> {
-    let injects = rule_sets
-        .iter()
-        .filter_map(|(name, set)| set.auth.as_ref().map(|a| (name.clone(), a.inject.clone())))
-        .collect();
-    let connections = Arc::new(Connections::new(grants.clone(), refresher.clone(), injects));
+    let connections = Arc::new(Connections::new(grants.clone(), refresher.clone()));
     let proxy = Proxy::new(config, rule_sets)?.with_connections(connections, store.clone());
     Ok(Arc::new(proxy))
 }
@@ -199,12 +201,22 @@ fn admin_api(
         tracing::warn!("admin.token is not set: the admin API is off");
         return None;
     };
+    let accepts: HashMap<String, Accepts> = proxy
+        .rule_sets()
+        .map(|(name, set)| (name.to_string(), Accepts::of(set)))
+        .collect();
     let integrations = proxy
         .urls()
         .into_iter()
         .map(|(name, urls)| {
-            let oauth_client = clients.contains_key(&name);
-            (name, crate::admin::Known { oauth_client, urls })
+            let oauth_client = clients.get(&name).is_some_and(|c| c.configured());
+            let accepts = accepts.get(&name).cloned().unwrap_or_default();
+            let known = crate::admin::Known {
+                oauth_client,
+                accepts,
+                urls,
+            };
+            (name, known)
         })
         .collect();
     Some(Arc::new(Admin::new(

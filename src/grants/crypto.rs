@@ -17,6 +17,9 @@ pub struct Keyring {
     active: String,
     keys: HashMap<String, LessSafeKey>,
     rng: SystemRandom,
+    /// Keys credential fingerprints: derived from the active key, so a fingerprint cannot be
+    /// checked against guessed passwords by anyone without it.
+    fingerprints: ring::hmac::Key,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -45,6 +48,11 @@ impl Keyring {
         let mut keys = HashMap::new();
         let (active_id, key) = parse_key(active).map_err(|e| format!("encryption.key: {e}"))?;
         keys.insert(active_id.clone(), key);
+        let material = ring::digest::digest(
+            &ring::digest::SHA256,
+            format!("grantd credential fingerprints\0{}", active.trim()).as_bytes(),
+        );
+        let fingerprints = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, material.as_ref());
         for (i, k) in previous.iter().enumerate() {
             let (id, key) =
                 parse_key(k).map_err(|e| format!("encryption.previous_keys[{i}]: {e}"))?;
@@ -54,7 +62,19 @@ impl Keyring {
             active: active_id,
             keys,
             rng: SystemRandom::new(),
+            fingerprints,
         })
+    }
+
+    /// A short, stable fingerprint of a secret (`fp-1a2b3c4d`): tells two credentials apart in
+    /// the admin API without revealing either. Changes when the active key does.
+    pub fn fingerprint(&self, secret: &[u8]) -> String {
+        let tag = ring::hmac::sign(&self.fingerprints, secret);
+        let hex: String = tag.as_ref()[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("fp-{hex}")
     }
 
     pub fn active_id(&self) -> &str {

@@ -5,8 +5,12 @@
 //! `needs_reauth`, `config_error`) with its recorded transitions. It must not speak HTTP to the
 //! app (that is `proxy` and `admin`) and must never put a token in a log line, an error or a view.
 
+pub mod assertion;
+pub mod credential;
 pub mod crypto;
+pub mod mint;
 pub mod refresh;
+pub mod revoke;
 pub mod token;
 
 use std::collections::HashMap;
@@ -16,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{ListQuery, Row, Status, Store, StoreError, Transition};
 use crate::time::{now_ms, parse_rfc3339, rfc3339};
+use credential::{Held, Kind};
 use crypto::Keyring;
 
 /// A secret string: its `Debug` and `Display` never show the value.
@@ -52,12 +57,22 @@ pub struct Grant {
     pub metadata: serde_json::Value,
     /// Identifies the row's incarnation (a deleted and re-created connection differs).
     pub created_at: i64,
+    pub kind: Kind,
+    /// The kind's long-lived secret (none for `oauth2`).
+    pub held: Option<Held>,
 }
 
 impl Grant {
-    /// True when the access token is usable for at least `margin_ms` more.
+    /// True when the credential is usable for at least `margin_ms` more: an API key or Basic
+    /// login always is; a token until its expiry.
     pub fn fresh(&self, now: i64, margin_ms: i64) -> bool {
-        self.access_token.is_some() && self.expires_at.is_none_or(|e| e > now + margin_ms)
+        self.kind.fixed()
+            || (self.access_token.is_some() && self.expires_at.is_none_or(|e| e > now + margin_ms))
+    }
+
+    /// Whether a refresh could produce a new access token.
+    pub fn renewable(&self) -> bool {
+        self.kind.minted() || (self.kind == Kind::Oauth2 && self.refresh_token.is_some())
     }
 }
 
@@ -68,6 +83,9 @@ pub struct ConnectionView {
     pub integration: String,
     pub status: Status,
     pub version: i64,
+    pub kind: Kind,
+    /// Tells two credentials apart without showing either (`fp-1a2b3c4d`).
+    pub fingerprint: Option<String>,
     pub has_access_token: bool,
     pub has_refresh_token: bool,
     pub expires_at: Option<String>,
@@ -93,6 +111,18 @@ pub struct PutConnection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
+    /// `oauth2` (default), `api_key`, `basic`, `oauth2_client_credentials`, `jwt_bearer`.
+    pub kind: Option<credential::Kind>,
+    pub api_key: Option<Secret>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    /// PEM (`jwt_bearer`).
+    pub private_key: Option<Secret>,
+    pub key_id: Option<String>,
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
     pub access_token: Option<Secret>,
     pub refresh_token: Option<Secret>,
     pub expires_in: Option<i64>,
@@ -213,6 +243,18 @@ impl Grants {
                 })
                 .transpose()
         };
+        let unreadable = |why: &str| GrantError::Unreadable {
+            id: row.id.clone(),
+            why: why.to_string(),
+        };
+        let kind = Kind::parse(&row.kind).ok_or_else(|| unreadable("unknown credential kind"))?;
+        let held = match open("secret", &row.secret)? {
+            Some(s) => Some(
+                serde_json::from_str::<Held>(s.expose())
+                    .map_err(|_| unreadable("the sealed secret is not a credential"))?,
+            ),
+            None => None,
+        };
         Ok(Grant {
             id: row.id.clone(),
             integration: row.integration.clone(),
@@ -224,12 +266,49 @@ impl Grants {
             scopes: row.scopes.clone(),
             metadata: row.metadata.clone(),
             created_at: row.created_at,
+            kind,
+            held,
         })
+    }
+
+    /// Seals a kind's secret into `row` (with the active key, like its tokens).
+    fn seal_secret(&self, row: &mut Row, held: Option<&Held>) {
+        row.secret = held.map(|h| {
+            let json = serde_json::to_string(h).expect("a credential serializes");
+            self.keys.seal(&aad(&row.id, "secret"), json.as_bytes())
+        });
+    }
+
+    /// The admin API's view, with the credential's fingerprint (its secret, or for OAuth its
+    /// refresh or access token) when it can be opened.
+    fn view_of(&self, row: &Row) -> ConnectionView {
+        let mut v = view(row);
+        let (field, sealed) = match (&row.secret, &row.refresh_token) {
+            (Some(s), _) => ("secret", s),
+            (None, Some(r)) => ("refresh_token", r),
+            (None, None) => match &row.access_token {
+                Some(a) => ("access_token", a),
+                None => return v,
+            },
+        };
+        if let Ok(plain) = self.keys.open(&row.key_id, &aad(&row.id, field), sealed) {
+            let part = match field {
+                "secret" => serde_json::from_slice::<Held>(&plain)
+                    .map(|h| h.secret_part().as_bytes().to_vec())
+                    .unwrap_or_default(),
+                _ => plain,
+            };
+            v.fingerprint = Some(self.keys.fingerprint(&part));
+        }
+        v
     }
 
     /// Seals `grant`'s tokens into `row` with the active key.
     pub fn seal_into(&self, row: &mut Row, access: Option<&Secret>, refresh: Option<&Secret>) {
+        // The kind's secret moves to the active key too: one key id per row.
+        let held = self.open(row).ok().and_then(|g| g.held);
         row.key_id = self.keys.active_id().to_string();
+        self.seal_secret(row, held.as_ref());
         row.access_token = access.map(|t| {
             self.keys
                 .seal(&aad(&row.id, "access_token"), t.expose().as_bytes())
@@ -241,44 +320,32 @@ impl Grants {
     }
 
     /// Creates or replaces a connection. A connection that was not `active` becomes active
-    /// again, recorded as a `credentials_updated` transition.
-    pub async fn put(&self, id: &str, req: PutConnection) -> Result<ConnectionView, GrantError> {
+    /// again, recorded as a `credentials_updated` transition. `held` is the kind's secret,
+    /// checked by [`credential::check`] against what the integration accepts.
+    pub async fn put(
+        &self,
+        id: &str,
+        req: PutConnection,
+        held: Option<Held>,
+    ) -> Result<ConnectionView, GrantError> {
         validate_id(id)?;
         let now = now_ms();
         let c = &req.credentials;
-        if c.access_token.is_none() && c.refresh_token.is_none() {
+        let kind = c.kind.unwrap_or_default();
+        if kind == Kind::Oauth2 && c.access_token.is_none() && c.refresh_token.is_none() {
             return Err(GrantError::Invalid(
                 "credentials need an access_token or a refresh_token".into(),
             ));
         }
-        let expires_at = match (c.expires_in, &c.expires_at) {
-            (Some(_), Some(_)) => {
-                return Err(GrantError::Invalid(
-                    "give credentials.expires_in or credentials.expires_at, not both".into(),
-                ))
-            }
-            (Some(secs), None) if (0..=token::MAX_LIFETIME_SECS).contains(&secs) => {
-                Some(now + secs * 1000)
-            }
-            (Some(_), None) => {
-                return Err(GrantError::Invalid(format!(
-                    "credentials.expires_in must be 0 to {} seconds (ten years)",
-                    token::MAX_LIFETIME_SECS
-                )))
-            }
-            (None, Some(at)) => Some(parse_rfc3339(at).ok_or_else(|| {
-                GrantError::Invalid(
-                    "credentials.expires_at is not an RFC 3339 time (2026-11-22T06:40:47Z)".into(),
-                )
-            })?),
-            (None, None) => None,
-        };
+        let expires_at = expiry(c, now)?;
         let previous = self.store.get(id).await?;
         let mut row = active_row(id, &req.integration, previous.as_ref(), now);
+        row.kind = kind.as_str().to_string();
         row.expires_at = expires_at;
         row.scopes = c.scopes.as_ref().map(|s| s.join(" ")).unwrap_or_default();
         row.metadata = serde_json::Value::Object(req.metadata);
         self.seal_into(&mut row, c.access_token.as_ref(), c.refresh_token.as_ref());
+        self.seal_secret(&mut row, held.as_ref());
         self.replace(row, previous.as_ref(), "credentials_updated")
             .await
     }
@@ -331,7 +398,7 @@ impl Grants {
         let stored = self.store.put(row, transition).await?;
         self.forget(&id);
         self.remember(self.open(&stored)?);
-        Ok(view(&stored))
+        Ok(self.view_of(&stored))
     }
 
     /// Pauses a connection after a live `reauth` verdict, unless it changed since the request
@@ -379,11 +446,12 @@ impl Grants {
             .get(id)
             .await?
             .ok_or_else(|| GrantError::NotFound(id.to_string()))?;
-        Ok(view(&row))
+        Ok(self.view_of(&row))
     }
 
     pub async fn list(&self, query: &ListQuery) -> Result<Vec<ConnectionView>, GrantError> {
-        Ok(self.store.list(query).await?.iter().map(view).collect())
+        let rows = self.store.list(query).await?;
+        Ok(rows.iter().map(|r| self.view_of(r)).collect())
     }
 
     pub async fn delete(&self, id: &str) -> Result<bool, GrantError> {
@@ -391,6 +459,32 @@ impl Grants {
         self.forget(id);
         Ok(deleted)
     }
+}
+
+/// When imported tokens expire: `expires_in` seconds from `now`, or `expires_at`, or unknown.
+fn expiry(c: &Credentials, now: i64) -> Result<Option<i64>, GrantError> {
+    Ok(match (c.expires_in, &c.expires_at) {
+        (Some(_), Some(_)) => {
+            return Err(GrantError::Invalid(
+                "give credentials.expires_in or credentials.expires_at, not both".into(),
+            ))
+        }
+        (Some(secs), None) if (0..=token::MAX_LIFETIME_SECS).contains(&secs) => {
+            Some(now + secs * 1000)
+        }
+        (Some(_), None) => {
+            return Err(GrantError::Invalid(format!(
+                "credentials.expires_in must be 0 to {} seconds (ten years)",
+                token::MAX_LIFETIME_SECS
+            )))
+        }
+        (None, Some(at)) => Some(parse_rfc3339(at).ok_or_else(|| {
+            GrantError::Invalid(
+                "credentials.expires_at is not an RFC 3339 time (2026-11-22T06:40:47Z)".into(),
+            )
+        })?),
+        (None, None) => None,
+    })
 }
 
 /// A fresh `active` row with no tokens, keeping `previous`'s creation time.
@@ -402,6 +496,8 @@ fn active_row(id: &str, integration: &str, previous: Option<&Row>, now: i64) -> 
         key_id: String::new(),
         access_token: None,
         refresh_token: None,
+        kind: Kind::Oauth2.as_str().to_string(),
+        secret: None,
         expires_at: None,
         scopes: String::new(),
         metadata: serde_json::json!({}),
@@ -438,6 +534,8 @@ pub fn view(row: &Row) -> ConnectionView {
         integration: row.integration.clone(),
         status: row.status,
         version: row.version,
+        kind: Kind::parse(&row.kind).unwrap_or_default(),
+        fingerprint: None,
         has_access_token: row.access_token.is_some(),
         has_refresh_token: row.refresh_token.is_some(),
         expires_at: row.expires_at.map(rfc3339),
@@ -470,6 +568,11 @@ mod tests {
             scopes: String::new(),
             metadata: serde_json::json!({}),
             created_at: 0,
+            kind: Kind::Basic,
+            held: Some(Held::Basic {
+                username: "u".into(),
+                password: "very-secret-pw".into(),
+            }),
         };
         assert!(!format!("{g:?}").contains("very-secret"));
     }

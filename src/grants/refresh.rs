@@ -15,6 +15,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{OnceCell, Semaphore};
 
+use super::credential::Kind;
+use super::mint;
+use super::revoke::{self, Revocation};
 use super::token::{self, Failure, OAuthClient, TokenResult};
 use super::{Grant, GrantError, Grants};
 use crate::config::RefreshConfig;
@@ -112,6 +115,16 @@ impl Refresher {
 
     pub fn config(&self) -> &RefreshConfig {
         &self.config
+    }
+
+    /// Revokes connection `id`'s token at its provider (see [`super::revoke`]).
+    pub async fn revoke(&self, id: &str) -> Revocation {
+        let grant = match self.grants.load(id).await {
+            Ok(g) => g,
+            Err(e) => return Revocation::Failed(e.to_string()),
+        };
+        let client = self.clients.get(&grant.integration);
+        revoke::revoke(&self.client, client, &grant, self.config.token_timeout).await
     }
 
     /// Token-endpoint calls made by this process (for tests and metrics).
@@ -263,9 +276,12 @@ impl Refresher {
                 grant,
             });
         }
-        if grant.refresh_token.is_none() {
+        if !grant.renewable() {
             return Some(Refreshed::Impossible {
-                error: "the connection has no refresh token".into(),
+                error: match grant.kind {
+                    Kind::Oauth2 => "the connection has no refresh token".into(),
+                    k => format!("a `{}` credential is sent as stored", k.as_str()),
+                },
             });
         }
         if !self.clients.contains_key(&row.integration) {
@@ -274,6 +290,12 @@ impl Refresher {
             });
         }
         if let Some(at) = row.next_attempt_at.filter(|&at| at > now && !force) {
+            // Still the operator's problem until the next attempt says otherwise.
+            if row.status == Status::ConfigError {
+                return Some(Refreshed::ConfigError {
+                    error: last_code(row),
+                });
+            }
             return Some(transient(
                 format!(
                     "backing off after {} failures: {}",
@@ -324,11 +346,18 @@ impl Refresher {
 
     async fn call_token_endpoint(&self, client: &OAuthClient, grant: &Grant) -> TokenResult {
         self.token_calls.fetch_add(1, Ordering::Relaxed);
-        let refresh = grant.refresh_token.as_ref().map_or("", |t| t.expose());
-        let form = [("grant_type", "refresh_token"), ("refresh_token", refresh)];
+        let renewal = match mint::renewal(client, grant, now_ms()) {
+            Ok(r) => r,
+            Err(e) => return TokenResult::Config(token::failure("invalid_request", None, Some(e))),
+        };
+        let form: Vec<(&str, &str)> = renewal
+            .form
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         token::call(
             &self.client,
-            client,
+            &renewal.client,
             &form,
             &grant.metadata,
             self.config.token_timeout,
@@ -382,6 +411,11 @@ impl Refresher {
         client: &OAuthClient,
         now: i64,
     ) -> (Row, Option<Transition>, Option<Refreshed>) {
+        // A minted token has no user behind it: a rejected grant is the operator's to fix.
+        let result = match result {
+            TokenResult::Grant(f) if grant.kind.minted() => TokenResult::Config(f),
+            other => other,
+        };
         let mut next = row.clone();
         next.version = row.version + 1;
         next.updated_at = now;

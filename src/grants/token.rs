@@ -140,6 +140,16 @@ fn token_request(
         _ => &client.token_url,
     };
     let url = endpoint.fill(metadata, &client.urls.hosts)?;
+    form_request(client, &url, grant)
+}
+
+/// A form POST to one of the client's endpoints, authenticated as `auth.client_auth` says
+/// (token and revocation requests alike, RFC 6749 §2.3.1 and RFC 7009 §2.1).
+pub fn form_request(
+    client: &OAuthClient,
+    url: &str,
+    grant: &[(&str, &str)],
+) -> Result<Request<crate::upstream::RequestBody>, String> {
     let mut form = form_urlencoded::Serializer::new(String::new());
     for (k, v) in grant {
         form.append_pair(k, v);
@@ -149,11 +159,13 @@ fn token_request(
     }
     let mut builder = Request::builder()
         .method(Method::POST)
-        .uri(&url)
+        .uri(url)
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .header(header::ACCEPT, "application/json");
     let secret = client.client_secret.as_ref().map_or("", |s| s.expose());
     match client.auth.client_auth {
+        // No client (a JWT bearer assertion authenticates itself).
+        _ if client.client_id.expose().is_empty() => {}
         ClientAuth::Body => {
             form.append_pair("client_id", client.client_id.expose());
             if client.client_secret.is_some() {
@@ -421,12 +433,19 @@ pub fn oauth_clients(
     for (name, set) in sets {
         let Some(auth) = &set.auth else { continue };
         let over = config.integrations.get(name);
-        let Some(client_id) = over
+        let minted = set.credentials.oauth2_client_credentials.is_some()
+            || set.credentials.jwt_bearer.is_some();
+        let client_id = match over
             .and_then(|o| o.client_id.clone())
             .filter(|id| !id.is_empty())
-        else {
-            tracing::info!(integration = %name, "no client_id configured: its connections will not be refreshed");
-            continue;
+        {
+            Some(id) => id,
+            // Client credentials may come with each connection; a JWT needs none.
+            None if minted => String::new(),
+            None => {
+                tracing::info!(integration = %name, "no client_id configured: its connections will not be refreshed");
+                continue;
+            }
         };
         let urls = set.urls(over).map_err(anyhow::Error::msg)?;
         let Some(token_url) = urls.token.clone() else {
@@ -454,6 +473,34 @@ pub fn oauth_clients(
         );
     }
     Ok(out)
+}
+
+impl OAuthClient {
+    /// Whether the deployment configured a client id (the authorization-code flow needs one).
+    pub fn configured(&self) -> bool {
+        !self.client_id.expose().is_empty()
+    }
+
+    /// The same client without client authentication (a JWT bearer assertion is its own).
+    pub fn with_no_client(&self) -> OAuthClient {
+        OAuthClient {
+            client_id: Secret::new(""),
+            client_secret: None,
+            ..self.clone()
+        }
+    }
+
+    /// The same client with a connection's own credentials (client credentials per tenant).
+    pub fn with_credentials(&self, id: Option<&str>, secret: Option<&str>) -> OAuthClient {
+        let mut c = self.clone();
+        if let Some(id) = id {
+            c.client_id = Secret::new(id);
+        }
+        if let Some(secret) = secret {
+            c.client_secret = Some(Secret::new(secret));
+        }
+        c
+    }
 }
 
 /// The longest token lifetime grantd believes (ten years): a larger `expires_in` is clamped.

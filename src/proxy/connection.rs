@@ -8,11 +8,9 @@
 //! build responses (it returns a [`Refusal`] for [`super::respond`]) and must never let a token
 //! reach a log line or an error.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Response;
 
 use super::forward::{Head, Replay, Target};
@@ -22,7 +20,6 @@ use super::Proxy;
 use crate::body::{Body, IdleTimeout};
 use crate::grants::refresh::{Refreshed, Refresher};
 use crate::grants::{Grant, GrantError, Grants};
-use crate::rules::file::Inject;
 use crate::store::Status;
 use crate::time::now_ms;
 use hyper::body::Incoming;
@@ -31,7 +28,6 @@ use hyper::body::Incoming;
 pub struct Connections {
     pub grants: Arc<Grants>,
     pub refresher: Arc<Refresher>,
-    injects: HashMap<String, Inject>,
 }
 
 /// Why a request naming a connection is not sent.
@@ -55,16 +51,8 @@ pub enum Refusal {
 }
 
 impl Connections {
-    pub fn new(
-        grants: Arc<Grants>,
-        refresher: Arc<Refresher>,
-        injects: HashMap<String, Inject>,
-    ) -> Connections {
-        Connections {
-            grants,
-            refresher,
-            injects,
-        }
+    pub fn new(grants: Arc<Grants>, refresher: Arc<Refresher>) -> Connections {
+        Connections { grants, refresher }
     }
 
     /// A grant whose access token can be sent now, refreshing first when it is expired.
@@ -141,46 +129,6 @@ impl Connections {
             tracing::warn!(connection = %grant.id, error = %e, "could not record needs_reauth");
         }
     }
-
-    /// Puts the access token where the integration wants it: a header (default
-    /// `Authorization: Bearer {access_token}`) or a query parameter.
-    pub(super) fn inject(
-        &self,
-        integration: &str,
-        grant: &Grant,
-        headers: &mut HeaderMap,
-        query: &mut Option<String>,
-    ) -> Result<(), String> {
-        let Some(token) = grant.access_token.as_ref() else {
-            return Ok(());
-        };
-        let default = Inject::default();
-        let inject = self.injects.get(integration).unwrap_or(&default);
-        if let Some(param) = &inject.query {
-            let pair: String = form_urlencoded::Serializer::new(String::new())
-                .append_pair(param, token.expose())
-                .finish();
-            *query = Some(match query.take() {
-                Some(q) if !q.is_empty() => format!("{q}&{pair}"),
-                _ => pair,
-            });
-            return Ok(());
-        }
-        let name = HeaderName::from_bytes(inject.header.as_bytes())
-            .map_err(|_| "bad inject header".to_string())?;
-        let mut value =
-            HeaderValue::from_str(&inject.format.replace("{access_token}", token.expose()))
-                .map_err(|_| {
-                    format!(
-                        "connection `{}` has a token that is not a valid header value",
-                        grant.id
-                    )
-                })?;
-        // Keeps HTTP/2 HPACK from indexing it.
-        value.set_sensitive(true);
-        headers.insert(name, value);
-        Ok(())
-    }
 }
 
 fn refusal(e: GrantError) -> Refusal {
@@ -217,7 +165,7 @@ impl Proxy {
             Replay::Streamed(body) => (head.streamed(body), None, None),
         };
         let (resp, signal) = self.send(target, head.clone(), first, Some(&grant)).await?;
-        let fresh = match signal {
+        let fresh = match fixed_signal(&grant, &resp, signal) {
             Signal::None => return Ok(resp),
             Signal::Reauth(detail) => {
                 connections.pause(&grant, detail).await;
@@ -236,5 +184,32 @@ impl Proxy {
             connections.pause(&fresh, detail).await;
         }
         Ok(resp)
+    }
+}
+
+/// An API key or Basic login cannot be refreshed: a `refresh` verdict, or a plain 401 no rule
+/// explained, means the stored credential was rejected and a new one is needed.
+fn fixed_signal(grant: &Grant, resp: &Response<Body>, signal: Signal) -> Signal {
+    if !grant.kind.fixed() {
+        return signal;
+    }
+    let rejected = |rule: Option<&str>| {
+        Signal::Reauth(serde_json::json!({
+            "rule": rule,
+            "error": "credential_rejected",
+            "message": format!("the provider rejected the stored {}", grant.kind.as_str()),
+            "status": resp.status().as_u16(),
+        }))
+    };
+    let rule = resp
+        .headers()
+        .get(super::respond::GRANTD_RULE)
+        .and_then(|v| v.to_str().ok());
+    match signal {
+        Signal::Refresh => rejected(rule),
+        Signal::None if resp.status() == http::StatusCode::UNAUTHORIZED && rule.is_none() => {
+            rejected(None)
+        }
+        other => other,
     }
 }

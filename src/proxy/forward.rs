@@ -15,6 +15,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::inject::inject;
 use super::respond::{error_chain, Failure};
 use super::rewrite::Signal;
 use super::route::Route;
@@ -133,9 +134,8 @@ impl Proxy {
             mut headers,
             body_failure,
         } = head;
-        if let (Some(grant), Some(c)) = (grant, &self.connections) {
-            c.inject(name, grant, &mut headers, &mut query)
-                .map_err(Failure::Injection)?;
+        if let Some(grant) = grant {
+            inject(&route.rules, grant, &mut headers, &mut query).map_err(Failure::Injection)?;
         }
         let base = route.base_for(grant.map(|g| &g.metadata))?;
         let uri = base

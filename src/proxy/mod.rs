@@ -9,7 +9,7 @@
 //!    Then the caller check (`callers`).
 //! 3. [`connection`]: the connection policy: a usable token (refreshed if expired), pause on
 //!    `reauth`, one refresh and one replay on `refresh`.
-//! 4. [`forward`]: one exchange: URL on the base, credential injected, timeouts.
+//! 4. [`forward`]: one exchange: URL on the base, credential injected ([`inject`]), timeouts.
 //! 5. [`rewrite`]: buffer what a rule selects, evaluate, apply the verdict.
 //! 6. [`respond`]: every typed [`respond::Failure`] becomes its response in one table.
 //!
@@ -19,6 +19,7 @@
 mod connection;
 mod forward;
 mod headers;
+mod inject;
 mod internal;
 mod respond;
 mod rewrite;
@@ -137,6 +138,13 @@ impl Proxy {
             .iter()
             .map(|(name, r)| (name.clone(), r.urls.clone()))
             .collect()
+    }
+
+    /// Each integration's rule file.
+    pub fn rule_sets(&self) -> impl Iterator<Item = (&str, &RuleSet)> {
+        self.routes
+            .iter()
+            .map(|(name, r)| (name.as_str(), &*r.rules))
     }
 
     pub fn integrations(&self) -> impl Iterator<Item = &str> {

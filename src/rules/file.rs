@@ -140,6 +140,13 @@ pub fn parse(file: &str, text: &str, stem: Option<&str>) -> Result<RuleSet, Vec<
     })?;
     let lines = ItemLines::scan(text);
     let mut errors = check_head(file, &spec, stem);
+    let has_token_url = spec.auth.is_some();
+    errors.extend(
+        spec.credentials
+            .problems(has_token_url)
+            .into_iter()
+            .map(|p| format!("{file}:1: {p}")),
+    );
     let rules = compile_rules(file, &spec.rules, &lines, &mut errors);
     let tests = collect_tests(file, spec.tests, &rules, &lines, &mut errors);
     if !errors.is_empty() {
@@ -154,6 +161,7 @@ pub fn parse(file: &str, text: &str, stem: Option<&str>) -> Result<RuleSet, Vec<
         allow_http: spec.allow_http,
         inherits_base: spec.base,
         auth: spec.auth,
+        credentials: spec.credentials,
         rules,
         tests,
     })

@@ -7,6 +7,7 @@
 //! buffer and applies the verdict; the engine itself lives behind [`engine`].
 
 pub mod check;
+pub mod credentials;
 pub mod engine;
 pub mod file;
 mod run;
@@ -200,6 +201,8 @@ pub struct RuleSet {
     /// Whether `_base.yaml`'s rules were appended to this file's (its `base: false` opts out).
     pub inherits_base: bool,
     pub auth: Option<file::AuthSpec>,
+    /// The credential kinds it accepts besides OAuth (`credentials:`).
+    pub credentials: credentials::CredentialsSpec,
     pub rules: Vec<Rule>,
     pub tests: Vec<file::TestCase>,
 }
@@ -216,6 +219,7 @@ impl RuleSet {
             allow_http: false,
             inherits_base: false,
             auth: None,
+            credentials: Default::default(),
             rules: Vec::new(),
             tests: Vec::new(),
         }

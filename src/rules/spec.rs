@@ -27,6 +27,8 @@ pub(super) struct FileSpec {
     #[serde(default)]
     pub(super) auth: Option<AuthSpec>,
     #[serde(default)]
+    pub(super) credentials: super::credentials::CredentialsSpec,
+    #[serde(default)]
     pub(super) rules: Vec<RuleSpec>,
     #[serde(default)]
     pub(super) tests: Vec<TestSpec>,

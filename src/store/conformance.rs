@@ -17,6 +17,8 @@ fn row(id: &str) -> Row {
         key_id: "k1".into(),
         access_token: Some(b"sealed-a".to_vec()),
         refresh_token: Some(b"sealed-r".to_vec()),
+        kind: "oauth2".into(),
+        secret: None,
         expires_at: Some(now + 60_000),
         scopes: "chat:write".into(),
         metadata: serde_json::json!({"team": "T1"}),

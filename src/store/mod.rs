@@ -16,6 +16,10 @@ use std::fmt;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+/// Kinds whose access token grantd mints itself (client credentials, JWT bearer): renewed
+/// before expiry without a refresh token.
+pub const MINTED: &[&str] = &["oauth2_client_credentials", "jwt_bearer"];
+
 /// Connection status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -70,6 +74,11 @@ pub struct Row {
     pub key_id: String,
     pub access_token: Option<Vec<u8>>,
     pub refresh_token: Option<Vec<u8>>,
+    /// The credential kind (`oauth2`, `api_key`, ...): opaque here, except that [`MINTED`]
+    /// kinds are due for renewal like rows with a refresh token.
+    pub kind: String,
+    /// A kind's long-lived secret, sealed like the tokens.
+    pub secret: Option<Vec<u8>>,
     pub expires_at: Option<i64>,
     pub scopes: String,
     pub metadata: serde_json::Value,

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row as _};
 
-use super::rows::{db, COLUMNS, DELIVERY_COLUMNS};
+use super::rows::{db, minted_kinds, COLUMNS, DELIVERY_COLUMNS};
 use super::{
     ConnectState, Delivery, DeliveryResult, LastError, ListQuery, Outbox, Row, Status, Store,
     StoreError, Taken, Transition, TransitionRecord,
@@ -272,10 +272,11 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await.map_err(db)?;
         // The upsert is the transaction's first statement, so it takes the write lock at once.
         let version: i64 = sqlx::query_scalar(&pg("INSERT INTO connections (id, integration, status, key_id, access_token, refresh_token, expires_at, \
-               scopes, metadata, version, refresh_failures, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 0, ?, ?) \
+               scopes, metadata, version, refresh_failures, created_at, updated_at, kind, secret) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 0, ?, ?, ?, ?) \
              ON CONFLICT(id) DO UPDATE SET integration = excluded.integration, status = excluded.status, \
                key_id = excluded.key_id, access_token = excluded.access_token, refresh_token = excluded.refresh_token, \
+               kind = excluded.kind, secret = excluded.secret, \
                expires_at = excluded.expires_at, scopes = excluded.scopes, metadata = excluded.metadata, \
                version = connections.version + 1, lease_owner = NULL, lease_until = NULL, refresh_failures = 0, \
                next_attempt_at = NULL, last_error_class = NULL, last_error_status = NULL, \
@@ -293,6 +294,8 @@ impl Store for PostgresStore {
         .bind(row.metadata.to_string())
         .bind(row.created_at)
         .bind(row.updated_at)
+        .bind(&row.kind)
+        .bind(&row.secret)
         .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
@@ -317,7 +320,7 @@ impl Store for PostgresStore {
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         let e = row.last_error.as_ref();
-        let updated = sqlx::query(&pg("UPDATE connections SET status = ?, key_id = ?, access_token = ?, refresh_token = ?, expires_at = ?, \
+        let updated = sqlx::query(&pg("UPDATE connections SET status = ?, key_id = ?, access_token = ?, refresh_token = ?, secret = ?, expires_at = ?, \
                scopes = ?, metadata = ?, version = ?, lease_owner = ?, lease_until = ?, refresh_failures = ?, \
                next_attempt_at = ?, last_error_class = ?, last_error_status = ?, last_error_description = ?, \
                last_error_at = ?, updated_at = ? \
@@ -327,6 +330,7 @@ impl Store for PostgresStore {
         .bind(&row.key_id)
         .bind(&row.access_token)
         .bind(&row.refresh_token)
+        .bind(&row.secret)
         .bind(row.expires_at)
         .bind(&row.scopes)
         .bind(row.metadata.to_string())
@@ -417,7 +421,8 @@ impl Store for PostgresStore {
     }
 
     async fn due(&self, now: i64, horizon: i64, limit: u32) -> Result<Vec<Row>, StoreError> {
-        let rows = sqlx::query(&pg(&format!("SELECT {COLUMNS} FROM connections WHERE status = 'active' AND refresh_token IS NOT NULL \
+        let minted = minted_kinds();
+        let rows = sqlx::query(&pg(&format!("SELECT {COLUMNS} FROM connections WHERE status = 'active' AND (refresh_token IS NOT NULL OR kind IN ({minted})) \
              AND expires_at IS NOT NULL AND expires_at < ? AND (next_attempt_at IS NULL OR next_attempt_at <= ?) \
              AND (lease_until IS NULL OR lease_until < ?) ORDER BY expires_at LIMIT ?")))
         .bind(horizon)

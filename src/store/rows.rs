@@ -9,11 +9,20 @@ pub(super) fn db(e: impl std::fmt::Display) -> StoreError {
 
 pub(super) const COLUMNS: &str = "id, integration, status, key_id, access_token, refresh_token, expires_at, scopes, metadata, \
     version, lease_owner, lease_until, refresh_failures, next_attempt_at, last_error_class, last_error_status, \
-    last_error_description, last_error_at, created_at, updated_at";
+    last_error_description, last_error_at, created_at, updated_at, kind, secret";
 
 pub(super) const DELIVERY_COLUMNS: &str =
     "d.event_seq, e.id, e.type, e.connection_id, e.integration, e.payload, d.endpoint, d.status, \
     d.attempts, d.window_start, d.next_attempt_at, d.last_error, d.delivered_at, e.created_at";
+
+/// The [`super::MINTED`] kinds as an SQL list (`'a', 'b'`): constants, never input.
+pub(super) fn minted_kinds() -> String {
+    super::MINTED
+        .iter()
+        .map(|k| format!("'{k}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Defines `from_row` and `delivery_from_row` for one driver's row type.
 macro_rules! row_decoders {
@@ -69,6 +78,8 @@ macro_rules! row_decoders {
                 key_id: r.try_get("key_id").map_err(db)?,
                 access_token: r.try_get("access_token").map_err(db)?,
                 refresh_token: r.try_get("refresh_token").map_err(db)?,
+                kind: r.try_get("kind").map_err(db)?,
+                secret: r.try_get("secret").map_err(db)?,
                 expires_at: r.try_get("expires_at").map_err(db)?,
                 scopes: r.try_get("scopes").map_err(db)?,
                 metadata: serde_json::from_str(&metadata)

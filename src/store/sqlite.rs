@@ -11,7 +11,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row as _, SqlitePool};
 
-use super::rows::{db, COLUMNS, DELIVERY_COLUMNS};
+use super::rows::{db, minted_kinds, COLUMNS, DELIVERY_COLUMNS};
 use super::{
     ConnectState, Delivery, DeliveryResult, LastError, ListQuery, Outbox, Row, Status, Store,
     StoreError, Taken, Transition, TransitionRecord,
@@ -261,10 +261,11 @@ impl Store for SqliteStore {
         // The upsert is the transaction's first statement, so it takes the write lock at once.
         let version: i64 = sqlx::query_scalar(
             "INSERT INTO connections (id, integration, status, key_id, access_token, refresh_token, expires_at, \
-               scopes, metadata, version, refresh_failures, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 0, ?, ?) \
+               scopes, metadata, version, refresh_failures, created_at, updated_at, kind, secret) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 0, ?, ?, ?, ?) \
              ON CONFLICT(id) DO UPDATE SET integration = excluded.integration, status = excluded.status, \
                key_id = excluded.key_id, access_token = excluded.access_token, refresh_token = excluded.refresh_token, \
+               kind = excluded.kind, secret = excluded.secret, \
                expires_at = excluded.expires_at, scopes = excluded.scopes, metadata = excluded.metadata, \
                version = connections.version + 1, lease_owner = NULL, lease_until = NULL, refresh_failures = 0, \
                next_attempt_at = NULL, last_error_class = NULL, last_error_status = NULL, \
@@ -282,6 +283,8 @@ impl Store for SqliteStore {
         .bind(row.metadata.to_string())
         .bind(row.created_at)
         .bind(row.updated_at)
+        .bind(&row.kind)
+        .bind(&row.secret)
         .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
@@ -307,7 +310,7 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await.map_err(db)?;
         let e = row.last_error.as_ref();
         let updated = sqlx::query(
-            "UPDATE connections SET status = ?, key_id = ?, access_token = ?, refresh_token = ?, expires_at = ?, \
+            "UPDATE connections SET status = ?, key_id = ?, access_token = ?, refresh_token = ?, secret = ?, expires_at = ?, \
                scopes = ?, metadata = ?, version = ?, lease_owner = ?, lease_until = ?, refresh_failures = ?, \
                next_attempt_at = ?, last_error_class = ?, last_error_status = ?, last_error_description = ?, \
                last_error_at = ?, updated_at = ? \
@@ -317,6 +320,7 @@ impl Store for SqliteStore {
         .bind(&row.key_id)
         .bind(&row.access_token)
         .bind(&row.refresh_token)
+        .bind(&row.secret)
         .bind(row.expires_at)
         .bind(&row.scopes)
         .bind(row.metadata.to_string())
@@ -397,8 +401,9 @@ impl Store for SqliteStore {
     }
 
     async fn due(&self, now: i64, horizon: i64, limit: u32) -> Result<Vec<Row>, StoreError> {
+        let minted = minted_kinds();
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM connections WHERE status = 'active' AND refresh_token IS NOT NULL \
+            "SELECT {COLUMNS} FROM connections WHERE status = 'active' AND (refresh_token IS NOT NULL OR kind IN ({minted})) \
              AND expires_at IS NOT NULL AND expires_at < ? AND (next_attempt_at IS NULL OR next_attempt_at <= ?) \
              AND (lease_until IS NULL OR lease_until < ?) ORDER BY expires_at LIMIT ?"
         ))

@@ -84,6 +84,12 @@ impl AuthzServer {
         got.json()["revoked"].as_u64().unwrap()
     }
 
+    /// Whether the server still honours an access token (what introspection would say).
+    pub async fn active(&self, token: &str) -> bool {
+        let got = crate::common::get(self.addr, &format!("/test/active?token={token}")).await;
+        got.json()["active"].as_bool().unwrap()
+    }
+
     /// Token-endpoint calls the server has answered, for one grant type.
     pub async fn token_calls(&self, grant_type: &str) -> u64 {
         let got = crate::common::get(self.addr, "/test/stats").await;

@@ -9,6 +9,7 @@
 //                              consents to the requested scopes, with no form to fill in
 //   POST /test/revoke?account= the user revokes grantd's access (all grants of the account)
 //   GET  /test/stats           token-endpoint calls so far, by grant_type
+//   GET  /test/active?token=   whether an access token is still honoured (revocation tests)
 // It prints `listening <port>` once ready. Configuration comes from the environment:
 //   AUTHZ_CLIENTS  JSON array of oidc-provider client metadata
 //   AUTHZ_ACCESS_TTL  access-token lifetime in seconds (default 3600)
@@ -28,12 +29,16 @@ const provider = new Provider(`http://127.0.0.1:${port}`, {
   clients,
   scopes: ['openid', 'offline_access', 'email', 'api.read'],
   claims: { email: ['email'] },
-  features: { devInteractions: { enabled: false }, revocation: { enabled: true } },
+  features: {
+    devInteractions: { enabled: false },
+    revocation: { enabled: true },
+    clientCredentials: { enabled: true },
+  },
   // Refresh tokens for every code (without requiring offline_access), rotated on every use.
   issueRefreshToken: async () => true,
   rotateRefreshToken: true,
   pkce: { required: () => true },
-  ttl: { AccessToken: accessTtl, AuthorizationCode: 60, RefreshToken: 86400, Grant: 86400, Interaction: 600, Session: 3600 },
+  ttl: { AccessToken: accessTtl, ClientCredentials: accessTtl, AuthorizationCode: 60, RefreshToken: 86400, Grant: 86400, Interaction: 600, Session: 3600 },
   findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => ({ sub, email: sub }) }),
   interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
   cookies: { keys: ['grantd-test-cookie-key'] },
@@ -76,6 +81,14 @@ provider.use(async (ctx, next) => {
     }
     grantsByAccount.delete(account);
     ctx.body = { revoked: ids.length };
+    return;
+  }
+  if (ctx.path === '/test/active') {
+    // Whether the server still honours an access token (client-credentials or user), as its
+    // own stores say: what a resource server's introspection would answer.
+    const token = String(ctx.query.token || '');
+    const found = (await provider.ClientCredentials.find(token)) || (await provider.AccessToken.find(token));
+    ctx.body = { active: Boolean(found && !found.isExpired) };
     return;
   }
   if (ctx.path === '/test/stats') {

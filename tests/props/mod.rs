@@ -406,6 +406,8 @@ fn blank_row() -> Row {
         key_id: String::new(),
         access_token: None,
         refresh_token: None,
+        kind: "oauth2".into(),
+        secret: None,
         expires_at: None,
         scopes: String::new(),
         metadata: json!({}),
