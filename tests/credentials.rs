@@ -272,3 +272,33 @@ async fn bad_credentials_are_refused_by_field_never_echoed_and_never_stored() {
         );
     }
 }
+
+/// Mailchimp: the key goes as the password of HTTP Basic, and its data centre suffix becomes
+/// the `dc` metadata the (templated) base URL needs.
+#[tokio::test]
+async fn an_api_key_in_basic_auth_gives_its_data_centre_to_the_metadata() {
+    let expected = format!("Basic {}", base64_encode(b"anystring:0123abcd-us6"));
+    let (api, addr) = Api::start("authorization", &expected).await;
+    let g = grantd("")
+        .rule_file(
+            "lab.yaml",
+            &rules(
+                addr,
+                "  api_key: { basic: \"anystring:{api_key}\", suffix_metadata: dc }\n",
+            ),
+        )
+        .start();
+    let stored = put(
+        &g,
+        "m",
+        serde_json::json!({"kind": "api_key", "api_key": "0123abcd-us6"}),
+    )
+    .await;
+    assert_eq!(stored.status, 200);
+    assert_eq!(stored.json()["metadata"]["dc"], "us6");
+    assert_eq!(call(&g, "m").await.status, 200);
+    assert_eq!(
+        api.last().0["authorization"].as_bytes(),
+        expected.as_bytes()
+    );
+}

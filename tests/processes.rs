@@ -548,3 +548,102 @@ async fn accept_backs_off_instead_of_spinning_when_file_descriptors_run_out() {
     .expect("the admin API serves again once descriptors are free");
     assert_eq!(served.status, 200);
 }
+
+/// Issue 13: no secret of any credential kind (API key, Basic password, client secret, private
+/// key, a minted token) reaches a trace-level log line, an error, the metrics or an admin
+/// answer, through successes, rejections and refused `PUT`s.
+#[tokio::test]
+async fn no_credential_of_any_kind_reaches_logs_metrics_errors_or_admin_answers() {
+    // Tokens are minted as `minted-<n>`; the API refuses everything with a 401.
+    let minted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let issued = minted.clone();
+    let api = upstream(handler(move |req: http::Request<hyper::body::Incoming>| {
+        let issued = issued.clone();
+        async move {
+            if req.uri().path() == "/token" {
+                let token = format!("minted-secret-{}", issued.lock().unwrap().len());
+                issued.lock().unwrap().push(token.clone());
+                return json_response(
+                    200,
+                    &format!(r#"{{"access_token":"{token}","expires_in":3600}}"#),
+                );
+            }
+            json_response(401, r#"{"message":"no"}"#)
+        }
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    let rules = format!(
+        "integration: kinds\nbase_url: http://{api}\nauth:\n  token_url: http://{api}/token\ncredentials:\n  api_key: {{ header: X-Key, format: \"k {{api_key}}\" }}\n  basic: {{}}\n  oauth2_client_credentials: {{}}\n  jwt_bearer: {{ algorithm: RS256 }}\nrules: []\n"
+    );
+    std::fs::write(dir.path().join("rules/kinds.yaml"), rules).unwrap();
+    let config = dir.path().join("grantd.yaml");
+    std::fs::write(
+        &config,
+        format!("listen: 127.0.0.1:0\nrules_dir: rules\nstore: {{ path: k.db }}\nencryption: {{ key: {TEST_KEY} }}\nadmin: {{ listen: 127.0.0.1:0, token: {ADMIN_TOKEN} }}\n"),
+    )
+    .unwrap();
+    let g = spawn(&config);
+    let pem = std::fs::read_to_string(repo_path("tests/keys/rsa.pem")).unwrap();
+    let pem_body = pem.lines().nth(5).unwrap().to_string();
+    let basic_pair = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode("user-b:basic-pw-secret")
+    };
+    let kinds = [
+        serde_json::json!({"kind": "api_key", "api_key": "api-key-secret"}),
+        serde_json::json!({"kind": "basic", "username": "user-b", "password": "basic-pw-secret"}),
+        serde_json::json!({"kind": "oauth2_client_credentials", "client_id": "cid", "client_secret": "client-secret-secret"}),
+        serde_json::json!({"kind": "jwt_bearer", "private_key": pem, "issuer": "iss@example"}),
+        serde_json::json!({"kind": "api_key", "api_key": "refused-secret\r\nX: y"}),
+        serde_json::json!({"kind": "basic", "username": "a:b", "password": "refused-pw-secret"}),
+    ];
+    let mut answers = String::new();
+    for (i, credentials) in kinds.iter().enumerate() {
+        let body = serde_json::json!({"integration": "kinds", "credentials": credentials});
+        let put = admin(g.admin, "PUT", &format!("/v1/connections/c{i}"), Some(body)).await;
+        answers.push_str(&String::from_utf8_lossy(&put.body));
+        let req = Request::get(format!("http://{}/kinds/x", g.proxy))
+            .header("grantd-connection", format!("c{i}"))
+            .body(Full::default())
+            .unwrap();
+        let got = send(req).await;
+        answers.push_str(&String::from_utf8_lossy(&got.body));
+        answers.push_str(&format!("{:?}", got.headers));
+    }
+    for path in ["/v1/connections", "/v1/events", "/v1/integrations"] {
+        answers.push_str(&String::from_utf8_lossy(
+            &admin(g.admin, "GET", path, None).await.body,
+        ));
+    }
+    answers.push_str(&String::from_utf8_lossy(
+        &get(g.proxy, "/_grantd/metrics").await.body,
+    ));
+    assert!(!minted.lock().unwrap().is_empty(), "tokens were minted");
+    let logs = g.log.lock().unwrap().clone();
+    assert!(
+        logs.contains("TRACE") || logs.contains("DEBUG"),
+        "trace-level logs were on"
+    );
+    let mut secrets = vec![
+        "api-key-secret".to_string(),
+        "basic-pw-secret".into(),
+        basic_pair,
+        "client-secret-secret".into(),
+        pem_body,
+        "refused-secret".into(),
+        "refused-pw-secret".into(),
+    ];
+    secrets.extend(minted.lock().unwrap().iter().cloned());
+    for secret in &secrets {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a log line contains {secret}"
+        );
+        assert!(
+            !answers.contains(secret.as_str()),
+            "an answer contains {secret}"
+        );
+    }
+}

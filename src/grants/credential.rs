@@ -180,8 +180,8 @@ pub fn check(
         ],
         Kind::ApiKey => &["api_key"],
         Kind::Basic => &["username", "password"],
-        Kind::Oauth2ClientCredentials => &["client_id", "client_secret"],
-        Kind::JwtBearer => &["private_key", "key_id", "issuer", "subject"],
+        Kind::Oauth2ClientCredentials => &["client_id", "client_secret", "scopes"],
+        Kind::JwtBearer => &["private_key", "key_id", "issuer", "subject", "scopes"],
     };
     if let Some(extra) = given.iter().find(|f| !allowed.contains(f)) {
         return Err(format!(

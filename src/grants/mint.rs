@@ -44,7 +44,16 @@ pub fn renewal(client: &OAuthClient, grant: &Grant, now_ms: i64) -> Result<Renew
             let params = spec.oauth2_client_credentials.as_ref().map(|m| &m.params);
             let mut form = vec![pair("grant_type", "client_credentials")];
             form.extend(params.into_iter().flatten().map(|(k, v)| pair(k, v)));
-            let client = client.with_credentials(client_id.as_deref(), client_secret.as_deref());
+            // The connection's own scopes replace the rule file's.
+            if !grant.scopes.is_empty() {
+                form.retain(|(k, _)| k != "scope");
+                form.push(pair("scope", &grant.scopes));
+            }
+            let mut client =
+                client.with_credentials(client_id.as_deref(), client_secret.as_deref());
+            if let Some(url) = client.urls.mint.clone() {
+                client.token_url = url;
+            }
             if !client.configured() {
                 return Err("no client_id: give it with the connection or in the config".into());
             }
@@ -104,7 +113,10 @@ fn assertion(
         iss: issuer.clone(),
         sub: subject.clone(),
         aud,
-        scope: spec.scope.clone(),
+        // The connection's own scopes first (each service account asks for what it needs).
+        scope: Some(grant.scopes.clone())
+            .filter(|s| !s.is_empty())
+            .or(spec.scope.clone()),
         iat,
         exp: iat + spec.lifetime,
         jti: jti(),

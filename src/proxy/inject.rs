@@ -33,9 +33,12 @@ pub(super) fn inject(
                 .api_key
                 .as_ref()
                 .ok_or("api_key is not accepted")?;
-            match &spec.query {
-                Some(param) => Place::Query(param, api_key),
-                None => Place::Header(
+            match (&spec.query, &spec.basic) {
+                (Some(param), _) => Place::Query(param, api_key),
+                (None, Some(pair)) => {
+                    basic(&fill(pair, &[("{api_key}", api_key)], &grant.metadata))
+                }
+                (None, None) => Place::Header(
                     &spec.header,
                     fill(&spec.format, &[("{api_key}", api_key)], &grant.metadata),
                 ),
@@ -53,8 +56,7 @@ pub(super) fn inject(
             ];
             let user = fill(&spec.username, &parts, &grant.metadata);
             let pass = fill(&spec.password, &parts, &grant.metadata);
-            let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-            Place::Header(header::AUTHORIZATION.as_str(), format!("Basic {pair}"))
+            basic(&format!("{user}:{pass}"))
         }
         (_, Some(token)) => {
             let inject = rules.auth.as_ref().map_or(&default, |a| &a.inject);
@@ -94,6 +96,12 @@ pub(super) fn inject(
         }
     }
     Ok(())
+}
+
+/// RFC 7617 HTTP Basic.
+fn basic(user_password: &str) -> Place<'static> {
+    let pair = base64::engine::general_purpose::STANDARD.encode(user_password);
+    Place::Header(header::AUTHORIZATION.as_str(), format!("Basic {pair}"))
 }
 
 /// `format` with each `(placeholder, value)` and `{metadata.KEY}` filled in.

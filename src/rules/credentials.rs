@@ -3,7 +3,8 @@
 //!
 //! ```yaml
 //! credentials:
-//!   api_key: { header: Authorization, format: "Bearer {api_key}" }   # or { query: api_key }
+//!   api_key: { header: Authorization, format: "Bearer {api_key}" }   # or { query: api_key },
+//!                                                # or { basic: "anystring:{api_key}" }
 //!   basic: { username: "{username}/token", password: "{password}" }  # Zendesk API tokens
 //!   oauth2_client_credentials: { params: { scope: "https://graph.microsoft.com/.default" } }
 //!   jwt_bearer: { algorithm: RS256, scope: "https://www.googleapis.com/auth/drive" }
@@ -40,6 +41,10 @@ pub struct ApiKeySpec {
     /// Send the key as this query parameter instead of a header.
     #[serde(default)]
     pub query: Option<String>,
+    /// Send the key in HTTP Basic instead, as this `user:password` template (Mailchimp:
+    /// `"anystring:{api_key}"`, Freshdesk: `"{api_key}:X"`).
+    #[serde(default)]
+    pub basic: Option<String>,
     /// The part of the key after its last `-` becomes this metadata key (Mailchimp's data
     /// centre: `...-us6` → `dc: us6`), so a templated `base_url` can use it.
     #[serde(default)]
@@ -57,10 +62,14 @@ pub struct BasicSpec {
     pub password: String,
 }
 
-/// The client-credentials grant: grantd mints the token at `auth.token_url`.
+/// The client-credentials grant: grantd mints the token at `auth.token_url`, or at its own
+/// `token_url` (Microsoft: a tenant's endpoint, `.../{metadata.tenant}/oauth2/v2.0/token`,
+/// where the authorization-code flow uses `common`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MintSpec {
+    #[serde(default)]
+    pub token_url: Option<String>,
     /// Form parameters of the token request (`scope`, `audience`, `resource`, ...).
     #[serde(default)]
     pub params: BTreeMap<String, String>,
@@ -129,7 +138,14 @@ impl CredentialsSpec {
     pub fn problems(&self, has_token_url: bool) -> Vec<String> {
         let mut out = Vec::new();
         if let Some(k) = &self.api_key {
-            if k.query.is_none() {
+            if let Some(b) = &k.basic {
+                if !b.contains("{api_key}") || !b.contains(':') {
+                    out.push(
+                        "credentials.api_key.basic must be \"user:password\" using {api_key}"
+                            .into(),
+                    );
+                }
+            } else if k.query.is_none() {
                 if !k.format.contains("{api_key}") {
                     out.push("credentials.api_key.format must contain {api_key}".into());
                 }

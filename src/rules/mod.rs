@@ -248,8 +248,13 @@ impl RuleSet {
         let revocation = over
             .and_then(|o| o.revocation_url.as_deref())
             .or(auth.and_then(|a| a.revocation_url.as_deref()));
+        let mint = self
+            .credentials
+            .oauth2_client_credentials
+            .as_ref()
+            .and_then(|m| m.token_url.as_deref());
         Urls::new(base, token, hosts)
-            .and_then(|u| u.with_endpoints(refresh, revocation))
+            .and_then(|u| u.with_endpoints(refresh, revocation, mint))
             .map_err(in_file)
     }
 

@@ -24,9 +24,25 @@ pub fn table(sets: &BTreeMap<String, RuleSet>) -> String {
                 .filter(|r| r.matcher.endpoint == e)
                 .count()
         };
-        let auth = match &set.auth {
-            Some(a) => format!("OAuth 2.0 ({})", a.client_auth.as_str()),
-            None => "none (proxy only)".into(),
+        let c = &set.credentials;
+        let mut kinds: Vec<String> = set
+            .auth
+            .iter()
+            .map(|a| format!("OAuth 2.0 ({})", a.client_auth.as_str()))
+            .collect();
+        for (accepted, name) in [
+            (c.api_key.is_some(), "API key"),
+            (c.basic.is_some(), "Basic"),
+            (c.oauth2_client_credentials.is_some(), "client credentials"),
+            (c.jwt_bearer.is_some(), "JWT bearer"),
+        ] {
+            if accepted {
+                kinds.push(name.into());
+            }
+        }
+        let auth = match kinds.is_empty() {
+            true => "none (proxy only)".to_string(),
+            false => kinds.join(", "),
         };
         out.push_str(&format!(
             "| `{name}` | {} | {auth} | {} | {} | {} | {} |\n",
@@ -47,6 +63,8 @@ fn metadata_keys(set: &RuleSet) -> String {
             .chain(a.refresh_url.as_deref())
             .chain(a.revocation_url.as_deref())
     }));
+    let mint = set.credentials.oauth2_client_credentials.iter();
+    let urls = urls.chain(mint.filter_map(|m| m.token_url.as_deref()));
     let mut keys: Vec<String> = urls
         .filter_map(|u| Template::parse(u).ok())
         .flat_map(|t| t.keys().map(str::to_string).collect::<Vec<_>>())

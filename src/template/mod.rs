@@ -186,6 +186,8 @@ pub struct Urls {
     pub refresh: Option<Template>,
     /// RFC 7009 token revocation.
     pub revocation: Option<Template>,
+    /// Where client-credentials tokens are minted, when not at `token`.
+    pub mint: Option<Template>,
     pub hosts: Hosts,
 }
 
@@ -199,6 +201,7 @@ impl Urls {
                 .transpose()?,
             refresh: None,
             revocation: None,
+            mint: None,
             hosts,
         })
     }
@@ -208,8 +211,10 @@ impl Urls {
         mut self,
         refresh: Option<&str>,
         revocation: Option<&str>,
+        mint: Option<&str>,
     ) -> Result<Urls, String> {
         let hosts = &self.hosts;
+        self.mint = mint.map(|u| parse_for("token_url", u, hosts)).transpose()?;
         self.refresh = refresh
             .map(|u| parse_for("refresh_url", u, hosts))
             .transpose()?;
@@ -224,7 +229,7 @@ impl Urls {
         &self,
         metadata: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), String> {
-        let endpoints = [&self.token, &self.refresh, &self.revocation];
+        let endpoints = [&self.token, &self.refresh, &self.revocation, &self.mint];
         for t in std::iter::once(&self.base).chain(endpoints.into_iter().flatten()) {
             t.check(metadata, &self.hosts)?;
         }
