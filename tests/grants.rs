@@ -317,6 +317,32 @@ async fn the_proactive_loop_refreshes_before_expiry_without_traffic() {
     assert_eq!(p.api_calls.load(Ordering::SeqCst), 0);
 }
 
+/// Regression (issue 14): a token that lives less than `refresh.expiry_margin` was refreshed on
+/// every request. With the default margin and window and 3-second tokens, a connection under
+/// steady traffic is renewed about once per half lifetime, never on every request.
+#[tokio::test]
+async fn three_second_tokens_are_renewed_about_once_per_half_lifetime() {
+    let p = Provider::start().await;
+    p.grant("rt-0");
+    p.set_lifetime(Duration::from_secs(3));
+    let g = start(&p, "refresh: { scan_interval: 100ms }\n");
+    put_expired(&g, "acct_1", "rt-0").await;
+    let started = tokio::time::Instant::now();
+    let mut requests = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        assert_eq!(call(&g, "acct_1").await.status, 200);
+        requests += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(requests > 50);
+    // At most one renewal per 1.5 s (half of 3 s) over 6 s, plus the first: 40 a minute.
+    let calls = p.calls();
+    assert!(
+        (2..=5).contains(&calls),
+        "{calls} token calls for {requests} requests in 6 s"
+    );
+}
+
 #[tokio::test]
 async fn steady_traffic_on_short_lived_tokens_never_sees_a_provider_401() {
     let p = Provider::start().await;

@@ -412,11 +412,12 @@ async fn three_replicas_refresh_a_thousand_due_connections_once_each_within_the_
     let extra = "refresh: { window_min: 50s, window_max: 60s, scan_interval: 100ms, max_concurrent_per_integration: 4, default_lifetime: 1h }\n";
     let config = write_fleet_config(dir.path(), &p, &store, extra);
     let replicas: Vec<Process> = (0..3).map(|_| spawn(&config)).collect();
-    // All expiring within the same minute, all already inside the refresh window.
+    // All expired at once: every one is due now. (Tokens with a future expiry would be renewed
+    // at 50-80% of their lifetime, see grants::timing, not all at once.)
     for i in 0..1000 {
         let refresh = format!("rt-due-{i}");
         p.grant(&refresh);
-        let body = serde_json::json!({"integration": "lab", "credentials": {"access_token": "at-old", "refresh_token": refresh, "expires_in": 20 + i % 40}});
+        let body = serde_json::json!({"integration": "lab", "credentials": {"access_token": "at-old", "refresh_token": refresh, "expires_in": 0}});
         let req = Request::put(format!(
             "http://{}/v1/connections/due_{i}",
             replicas[i % 3].admin

@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod mint;
 pub mod refresh;
 pub mod revoke;
+pub mod timing;
 pub mod token;
 
 use std::collections::HashMap;
@@ -60,14 +61,18 @@ pub struct Grant {
     pub kind: Kind,
     /// The kind's long-lived secret (none for `oauth2`).
     pub held: Option<Held>,
+    /// When the row was last written: for a usable token, about when it was issued.
+    pub issued_at: i64,
 }
 
 impl Grant {
-    /// True when the credential is usable for at least `margin_ms` more: an API key or Basic
-    /// login always is; a token until its expiry.
+    /// True when the credential is usable for at least `margin_ms` more (at most a fifth of
+    /// the token's lifetime, see [`timing::margin`]): an API key or Basic login always is; a
+    /// token until its expiry.
     pub fn fresh(&self, now: i64, margin_ms: i64) -> bool {
+        let margin = timing::margin(margin_ms, self.issued_at, self.expires_at);
         self.kind.fixed()
-            || (self.access_token.is_some() && self.expires_at.is_none_or(|e| e > now + margin_ms))
+            || (self.access_token.is_some() && self.expires_at.is_none_or(|e| e > now + margin))
     }
 
     /// Whether a refresh could produce a new access token.
@@ -268,6 +273,7 @@ impl Grants {
             created_at: row.created_at,
             kind,
             held,
+            issued_at: row.updated_at,
         })
     }
 
@@ -568,6 +574,7 @@ mod tests {
             scopes: String::new(),
             metadata: serde_json::json!({}),
             created_at: 0,
+            issued_at: 0,
             kind: Kind::Basic,
             held: Some(Held::Basic {
                 username: "u".into(),

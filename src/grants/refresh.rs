@@ -18,6 +18,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use super::credential::Kind;
 use super::mint;
 use super::revoke::{self, Revocation};
+use super::timing;
 use super::token::{self, Failure, OAuthClient, TokenResult};
 use super::{Grant, GrantError, Grants};
 use crate::config::RefreshConfig;
@@ -537,10 +538,12 @@ impl Refresher {
                     for row in rows {
                         // Each connection gets its own threshold within the window (jitter), so a
                         // fleet created at once does not refresh at once.
-                        let span =
-                            (self.config.window_max - self.config.window_min).as_millis() as i64;
-                        let threshold =
-                            self.config.window_min.as_millis() as i64 + jitter(span + 1);
+                        let configured = (
+                            self.config.window_min.as_millis() as i64,
+                            self.config.window_max.as_millis() as i64,
+                        );
+                        let (min, max) = timing::window(configured, row.updated_at, row.expires_at);
+                        let threshold = min + jitter(max - min + 1);
                         if row.expires_at.is_none_or(|e| e - now > threshold) {
                             continue;
                         }
