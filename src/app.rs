@@ -65,7 +65,7 @@ impl App {
         // The delivery worker makes each authentication_error's reconnect_url when it sends it.
         let reconnect_links = links
             .clone()
-            .map(|l| l as Arc<dyn crate::callbacks::events::ReconnectLinks>);
+            .map(|l| l as Arc<dyn crate::callbacks::body::ReconnectLinks>);
         let store = control.block_on(open_store(&config.store, outbox))?;
         let grants = Arc::new(Grants::new(store.clone(), keys, config.store.cache_ttl));
         let clients = oauth_clients(config, &rule_sets)?;

@@ -8,8 +8,8 @@
 //! to try again), [`config`],
 //! [`callers`], [`listener`], [`telemetry`], [`upstream`], [`rules`], [`store`] and
 //! [`callbacks`], [`grants`], [`inject`], [`connect`], [`proxy`], [`admin`], [`app`], [`cli`].
-//! Two edges still point up and are issue 12's to break: `config` → `connect` (the `return_to`
-//! check) and `store` → `callbacks` (events written inside the store's transactions).
+//! The store shapes the events it writes inside its transactions (`store::events`), so
+//! `callbacks` imports `store` and never the other way round.
 
 pub mod admin;
 pub mod app;

@@ -10,9 +10,10 @@ use bytes::Bytes;
 use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 
-use super::events::{self, ReconnectLinks, ALL};
+use super::body::{self, ReconnectLinks};
 use super::sign::{self, Secret};
 use crate::config::{CallbacksConfig, EndpointConfig};
+use crate::store::events::ALL;
 use crate::store::{Delivery, DeliveryResult, Outbox, Store};
 use crate::time::now_ms;
 use crate::upstream::UpstreamClient;
@@ -155,7 +156,7 @@ impl Deliverer {
     async fn attempt(&self, ep: &Endpoint, d: &Delivery) -> DeliveryResult {
         let now = now_ms();
         let timestamp = now / 1000;
-        let body = events::body(d, self.links.as_deref());
+        let body = body::body(d, self.links.as_deref());
         let request = Request::post(ep.url.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header("webhook-id", &d.id)

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::ConnectRequest;
-use crate::callbacks::events::ReconnectLinks;
+use crate::callbacks::body::ReconnectLinks;
 use crate::config::ConnectConfig;
 use crate::grants::crypto::Keyring;
 

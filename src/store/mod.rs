@@ -1,14 +1,22 @@
-//! Durable connection state behind one trait: the embedded SQLite store now, PostgreSQL later.
+//! Durable connection state behind one trait, on SQLite (one file, the default) or PostgreSQL
+//! (a fleet of replicas): one SQL store (`sql.rs`) with a small file per database.
 //!
-//! Owns rows, leases and the transition log. Every state change is a compare-and-swap on the
-//! row's `version`, and a status change writes its transition in the same transaction. It must
-//! not see plaintext tokens (`grants` seals them before they get here) and must not decide
-//! policy (what a failure means is the refresher's business).
+//! Owns rows, leases, the transition log and the events it causes ([`events`]). Every state
+//! change is a compare-and-swap on the row's `version`, and a status change writes its
+//! transition and its events in the same transaction. It must not see plaintext tokens
+//! (`grants` seals them before they get here) and must not decide policy (what a failure means
+//! is the refresher's business; what a transition means as an event is [`events`]' pure
+//! functions, which the store calls inside the transaction). From the crate it imports only
+//! `time` and `config`.
 
 #[cfg(test)]
 mod conformance;
+mod error;
+pub mod events;
+mod log;
 pub mod postgres;
 mod rows;
+mod sql;
 pub mod sqlite;
 
 use std::fmt;
@@ -201,13 +209,8 @@ pub enum Taken {
     Unknown,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store: {0}")]
-    Db(String),
-    #[error("store: corrupt row {id}: {what}")]
-    Corrupt { id: String, what: String },
-}
+pub use error::{ErrorKind, StoreError};
+pub use sql::SqlStore;
 
 /// The store trait. Implementations must make `cas` and `put` atomic with their transition.
 #[async_trait]

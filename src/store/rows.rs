@@ -1,22 +1,15 @@
-//! What both SQL stores share: the column lists, the error mapping, and the row decoders
-//! (a macro, instantiated once per driver's row type).
-
-use super::StoreError;
-
-pub(super) fn db(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Db(e.to_string())
-}
+//! Rows in and out, for both SQL stores: the column lists, the row decoders and the
+//! connect-flow statements (macros, expanded inside `sql_store!`, which defines `Db`, `Pool`
+//! and `q`).
+//!
+//! Owns how a stored row reads back. Must not write connections or the transition log.
 
 pub(super) const COLUMNS: &str = "id, integration, status, key_id, access_token, refresh_token, expires_at, scopes, metadata, \
     version, lease_owner, lease_until, refresh_failures, next_attempt_at, last_error_class, last_error_status, \
     last_error_description, last_error_at, created_at, updated_at, kind, secret";
 
-pub(super) const DELIVERY_COLUMNS: &str =
-    "d.event_seq, e.id, e.type, e.connection_id, e.integration, e.payload, d.endpoint, d.status, \
-    d.attempts, d.window_start, d.next_attempt_at, d.last_error, d.delivered_at, e.created_at";
-
 /// The [`super::MINTED`] kinds as an SQL list (`'a', 'b'`): constants, never input.
-pub(super) fn minted_kinds() -> String {
+pub(crate) fn minted_kinds() -> String {
     super::MINTED
         .iter()
         .map(|k| format!("'{k}'"))
@@ -24,10 +17,15 @@ pub(super) fn minted_kinds() -> String {
         .join(", ")
 }
 
-/// Defines `from_row` and `delivery_from_row` for one driver's row type.
+pub(super) const DELIVERY_COLUMNS: &str =
+    "d.event_seq, e.id, e.type, e.connection_id, e.integration, e.payload, d.endpoint, d.status, \
+    d.attempts, d.window_start, d.next_attempt_at, d.last_error, d.delivered_at, e.created_at";
+
+/// Defines `from_row`, `delivery_from_row`, `transition_from_row` and `count_from_row` for
+/// one driver's row type.
 macro_rules! row_decoders {
-    ($row:ty) => {
-        fn delivery_from_row(r: &$row) -> Result<Delivery, StoreError> {
+    () => {
+        fn delivery_from_row(r: &DbRow) -> Result<Delivery, StoreError> {
             Ok(Delivery {
                 event_seq: r.try_get("event_seq").map_err(db)?,
                 id: r.try_get("id").map_err(db)?,
@@ -46,7 +44,7 @@ macro_rules! row_decoders {
             })
         }
 
-        fn from_row(r: &$row) -> Result<Row, StoreError> {
+        fn from_row(r: &DbRow) -> Result<Row, StoreError> {
             let id: String = r.try_get("id").map_err(db)?;
             let corrupt = |what: &str| StoreError::Corrupt {
                 id: id.clone(),
@@ -95,23 +93,51 @@ macro_rules! row_decoders {
                 id,
             })
         }
+
+        fn transition_from_row(r: &DbRow) -> Result<TransitionRecord, StoreError> {
+            let from: Option<String> = r.try_get("from_status").map_err(db)?;
+            let to: String = r.try_get("to_status").map_err(db)?;
+            let detail: String = r.try_get("detail").map_err(db)?;
+            Ok(TransitionRecord {
+                seq: r.try_get("seq").map_err(db)?,
+                connection_id: r.try_get("connection_id").map_err(db)?,
+                integration: r.try_get("integration").map_err(db)?,
+                from_status: from.as_deref().and_then(Status::parse),
+                to_status: Status::parse(&to).ok_or_else(|| unknown_status(&to))?,
+                cause: r.try_get("cause").map_err(db)?,
+                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                at: r.try_get("at").map_err(db)?,
+            })
+        }
+
+        fn count_from_row(r: &DbRow) -> Result<(String, Status, i64), StoreError> {
+            let status: String = r.try_get("status").map_err(db)?;
+            Ok((
+                r.try_get("integration").map_err(db)?,
+                Status::parse(&status).ok_or_else(|| unknown_status(&status))?,
+                r.try_get("n").map_err(db)?,
+            ))
+        }
+
+        fn unknown_status(status: &str) -> StoreError {
+            StoreError::new(ErrorKind::Corrupt, format!("unknown status {status}"))
+        }
     };
 }
 
 pub(super) use row_decoders;
 
-/// Defines the connect-flow statements (`put_state`, `take_state`, `use_link`) for one driver;
-/// `$sql` turns `?` placeholders into the driver's own.
+/// Defines the connect-flow statements (`put_state`, `take_state`, `use_link`) for one driver.
 macro_rules! connect_statements {
-    ($pool:ty, $sql:path) => {
-        async fn put_state(pool: &$pool, s: &ConnectState, now: i64) -> Result<(), StoreError> {
+    () => {
+        async fn put_state(pool: &Pool, s: &ConnectState, now: i64) -> Result<(), StoreError> {
             // Expired states are of no use to anyone: sweep them on the way.
-            sqlx::query(&$sql("DELETE FROM connect_states WHERE expires_at < ?"))
+            sqlx::query(&q("DELETE FROM connect_states WHERE expires_at < ?"))
                 .bind(now - 86_400_000)
                 .execute(pool)
                 .await
                 .map_err(db)?;
-            sqlx::query(&$sql(
+            sqlx::query(&q(
                 "INSERT INTO connect_states (state_hash, integration, connection_id, key_id, verifier, \
                  browser_hash, detail, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             ))
@@ -131,12 +157,12 @@ macro_rules! connect_statements {
         }
 
         async fn take_state(
-            pool: &$pool,
+            pool: &Pool,
             hash: &str,
             browser: Option<&str>,
             now: i64,
         ) -> Result<Taken, StoreError> {
-            let Some(r) = sqlx::query(&$sql(
+            let Some(r) = sqlx::query(&q(
                 "SELECT state_hash, integration, connection_id, key_id, verifier, browser_hash, detail, \
                  created_at, expires_at, used_at FROM connect_states WHERE state_hash = ?",
             ))
@@ -168,7 +194,7 @@ macro_rules! connect_statements {
                 return Ok(Taken::Foreign(state));
             }
             // The single-use gate: exactly one caller flips used_at, whatever the race.
-            let n = sqlx::query(&$sql(
+            let n = sqlx::query(&q(
                 "UPDATE connect_states SET used_at = ? WHERE state_hash = ? AND used_at IS NULL \
                  AND (browser_hash IS NULL OR browser_hash = ?)",
             ))
@@ -187,18 +213,18 @@ macro_rules! connect_statements {
         }
 
         async fn use_link(
-            pool: &$pool,
+            pool: &Pool,
             hash: &str,
             expires_at: i64,
             now: i64,
         ) -> Result<bool, StoreError> {
             // A link past its expiry is refused before it gets here, so its row can go.
-            sqlx::query(&$sql("DELETE FROM connect_links_used WHERE expires_at < ?"))
+            sqlx::query(&q("DELETE FROM connect_links_used WHERE expires_at < ?"))
                 .bind(now)
                 .execute(pool)
                 .await
                 .map_err(db)?;
-            let n = sqlx::query(&$sql(
+            let n = sqlx::query(&q(
                 "INSERT INTO connect_links_used (link_hash, expires_at, used_at) VALUES (?, ?, ?) \
                  ON CONFLICT (link_hash) DO NOTHING",
             ))
