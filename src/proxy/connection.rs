@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use http::Response;
 
-use super::forward::{Head, Replay, Target};
-use super::respond::Failure;
+use super::forward::{Head, Replay};
+use super::respond::{Failure, Refusal};
 use super::rewrite::Signal;
+use super::route::Target;
 use super::Proxy;
 use crate::body::{Body, IdleTimeout};
 use crate::grants::refresh::{Refreshed, Refresher};
@@ -28,26 +29,6 @@ use hyper::body::Incoming;
 pub struct Connections {
     pub grants: Arc<Grants>,
     pub refresher: Arc<Refresher>,
-}
-
-/// Why a request naming a connection is not sent.
-#[derive(Debug)]
-pub enum Refusal {
-    NotFound,
-    WrongIntegration {
-        actual: String,
-        wanted: String,
-    },
-    NeedsReauth,
-    ConfigError {
-        error: String,
-    },
-    /// The token is expired and refreshing failed for now.
-    Unavailable {
-        error: String,
-        retry_at: Option<i64>,
-    },
-    Broken(String),
 }
 
 impl Connections {

@@ -18,20 +18,10 @@ use hyper::body::Incoming;
 use super::inject::inject;
 use super::respond::{error_chain, Failure};
 use super::rewrite::Signal;
-use super::route::Route;
+use super::route::Target;
 use super::Proxy;
 use crate::body::{empty, full, Body, BodyFailure, IdleTimeout, Watched};
 use crate::grants::Grant;
-use crate::upstream::UpstreamClient;
-
-/// Where a request goes: the worker's client, the integration and the path below its base.
-#[derive(Clone, Copy)]
-pub(super) struct Target<'a> {
-    pub(super) client: &'a UpstreamClient,
-    pub(super) name: &'a str,
-    pub(super) route: &'a Route,
-    pub(super) rest: &'a str,
-}
 
 /// The request as the app sent it, kept so it can be sent again after a refresh.
 #[derive(Clone)]

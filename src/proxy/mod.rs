@@ -37,9 +37,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-pub use connection::{Connections, Refusal};
+pub use connection::Connections;
 #[doc(hidden)]
 pub use headers::rule_headers;
+pub use respond::Refusal;
 #[doc(hidden)]
 pub use rewrite::decode_for_rules;
 
@@ -52,9 +53,9 @@ use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::template::Urls;
 use crate::upstream::{self, UpstreamClient};
-use forward::{Head, Target};
+use forward::Head;
 use respond::Failure;
-use route::{Route, Routed};
+use route::{Route, Routed, Target};
 
 /// Everything the request path needs, built once at startup.
 pub struct Proxy {

@@ -12,7 +12,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::connection::Refusal;
 use crate::body::{full, Body, BodyFailure};
 use crate::callers::CallerRefusal;
 use crate::rules::{Action, Verdict};
@@ -63,6 +62,26 @@ pub(super) enum Failure {
     UpstreamTimeout(String),
     UpstreamBodyTimeout(String),
     UpstreamBodyError(String),
+}
+
+/// Why a request naming a connection is not sent.
+#[derive(Debug)]
+pub enum Refusal {
+    NotFound,
+    WrongIntegration {
+        actual: String,
+        wanted: String,
+    },
+    NeedsReauth,
+    ConfigError {
+        error: String,
+    },
+    /// The token is expired and refreshing failed for now.
+    Unavailable {
+        error: String,
+        retry_at: Option<i64>,
+    },
+    Broken(String),
 }
 
 /// What a failure says: status, stable code, message, and the extras some of them carry.

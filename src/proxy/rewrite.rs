@@ -15,9 +15,9 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::forward::Target;
 use super::headers::{clean_response, rule_headers};
 use super::respond::{apply_verdict, header_text, replacement_body, Failure, GRANTD_RULE_ERROR};
+use super::route::Target;
 use super::Proxy;
 use crate::body::{collect_limited, Body, Collected, Frames, IdleTimeout, Stalled};
 use crate::rules::{Action, Endpoint, Facts, Outcome, Verdict};

@@ -14,6 +14,16 @@ use super::respond::Failure;
 use crate::rules::RuleSet;
 use crate::telemetry::IntegrationMetrics;
 use crate::template::{BaseUrl, Urls};
+use crate::upstream::UpstreamClient;
+
+/// Where a request goes: the worker's client, the integration and the path below its base.
+#[derive(Clone, Copy)]
+pub(super) struct Target<'a> {
+    pub(super) client: &'a UpstreamClient,
+    pub(super) name: &'a str,
+    pub(super) route: &'a Route,
+    pub(super) rest: &'a str,
+}
 
 /// One routable integration.
 pub(super) struct Route {
