@@ -71,13 +71,16 @@ fn document_json(body: &str) -> String {
     )
 }
 
-struct Row {
+struct ConnectionRow {
     us_per_eval: f64,
     bytes_per_eval: f64,
     result: Result<Option<serde_json::Value>, String>,
 }
 
-fn measure(n: usize, mut f: impl FnMut() -> Result<Option<serde_json::Value>, String>) -> Row {
+fn measure(
+    n: usize,
+    mut f: impl FnMut() -> Result<Option<serde_json::Value>, String>,
+) -> ConnectionRow {
     let result = f(); // warm up; also the value compared across engines
     let live = LIVE.load(Ordering::Relaxed);
     let start = Instant::now();
@@ -86,14 +89,14 @@ fn measure(n: usize, mut f: impl FnMut() -> Result<Option<serde_json::Value>, St
     }
     let elapsed = start.elapsed();
     let grown = LIVE.load(Ordering::Relaxed) - live;
-    Row {
+    ConnectionRow {
         us_per_eval: elapsed.as_secs_f64() * 1e6 / n as f64,
         bytes_per_eval: grown as f64 / n as f64,
         result,
     }
 }
 
-fn core_row(expr: &str, body: &str, n: usize) -> Row {
+fn core_row(expr: &str, body: &str, n: usize) -> ConnectionRow {
     let program = Program::compile(expr).expect("jsonata-core compiles");
     let cancel = Cancel::default();
     let req = RequestFacts {
@@ -113,7 +116,7 @@ fn core_row(expr: &str, body: &str, n: usize) -> Row {
     })
 }
 
-fn rs_row(expr: &str, body: &str, n: usize) -> Row {
+fn rs_row(expr: &str, body: &str, n: usize) -> ConnectionRow {
     let arena = bumpalo::Bump::new();
     let input = document_json(body);
     let compiled = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -121,14 +124,14 @@ fn rs_row(expr: &str, body: &str, n: usize) -> Row {
     })) {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            return Row {
+            return ConnectionRow {
                 us_per_eval: f64::NAN,
                 bytes_per_eval: f64::NAN,
                 result: Err(format!("compile: {e}")),
             }
         }
         Err(_) => {
-            return Row {
+            return ConnectionRow {
                 us_per_eval: f64::NAN,
                 bytes_per_eval: f64::NAN,
                 result: Err("compile panicked".into()),

@@ -14,10 +14,10 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::connect::{Connect, ConnectRequest};
-use crate::grants::credential::{self, Accepts};
-use crate::grants::refresh::Refresher;
-use crate::grants::revoke::Revocation;
-use crate::grants::{ConnectionView, GrantError, Grants, PutConnection};
+use crate::connections::credential::{self, Accepts};
+use crate::connections::refresh::Refresher;
+use crate::connections::revoke::Revocation;
+use crate::connections::{ConnectionError, ConnectionView, Connections, PutConnection};
 use crate::store::{ListQuery, Status, Store};
 use crate::template::Urls;
 
@@ -26,7 +26,7 @@ type Body = Full<Bytes>;
 type Incoming = crate::body::Body;
 
 pub struct Admin {
-    grants: Arc<Grants>,
+    connections: Arc<Connections>,
     /// For the event outbox and per-integration counts; connections go through `grants`.
     store: Arc<dyn Store>,
     refresher: Arc<Refresher>,
@@ -47,7 +47,7 @@ pub struct Known {
 impl Admin {
     /// `integrations`: every integration the proxy routes.
     pub fn new(
-        grants: Arc<Grants>,
+        connections: Arc<Connections>,
         store: Arc<dyn Store>,
         refresher: Arc<Refresher>,
         connect: Arc<Connect>,
@@ -55,7 +55,7 @@ impl Admin {
         integrations: BTreeMap<String, Known>,
     ) -> Admin {
         Admin {
-            grants,
+            connections,
             store,
             refresher,
             connect,
@@ -119,7 +119,7 @@ impl Admin {
             (Method::POST, ["v1", "connections", id, "refresh"]) => {
                 let outcome = self.refresher.force(id).await;
                 let status = match &outcome {
-                    crate::grants::refresh::Refreshed::NotFound => StatusCode::NOT_FOUND,
+                    crate::connections::refresh::Refreshed::NotFound => StatusCode::NOT_FOUND,
                     _ => StatusCode::OK,
                 };
                 ok(status, &serde_json::to_value(&outcome).unwrap_or_default())
@@ -172,7 +172,7 @@ impl Admin {
         if let Err(message) = known.urls.check(&put.metadata) {
             return fail(StatusCode::BAD_REQUEST, "invalid_metadata", &message);
         }
-        match self.grants.put(id, put, held).await {
+        match self.connections.put(id, put, held).await {
             Ok(view) => ok(StatusCode::OK, &to_json(&view)),
             Err(e) => grant_error(e),
         }
@@ -266,7 +266,7 @@ impl Admin {
     }
 
     async fn get(&self, id: &str) -> Response<Body> {
-        match self.grants.view(id).await {
+        match self.connections.view(id).await {
             Ok(view) => ok(StatusCode::OK, &to_json(&view)),
             Err(e) => grant_error(e),
         }
@@ -277,12 +277,12 @@ impl Admin {
     async fn delete(&self, id: &str, query: Option<&str>) -> Response<Body> {
         let skip = form_urlencoded::parse(query.unwrap_or("").as_bytes())
             .any(|(k, v)| k == "revoke" && v == "false");
-        let revocation = match self.grants.view(id).await {
+        let revocation = match self.connections.view(id).await {
             Err(e) => return grant_error(e),
             Ok(_) if skip => Revocation::Skipped,
             Ok(_) => self.refresher.revoke(id).await,
         };
-        match self.grants.delete(id).await {
+        match self.connections.delete(id).await {
             Ok(true) => {
                 let body = json!({"id": id, "deleted": true, "revocation": revocation.describe()});
                 ok(StatusCode::OK, &body)
@@ -334,7 +334,7 @@ impl Admin {
                 }
             }
         }
-        match self.grants.list(&q).await {
+        match self.connections.list(&q).await {
             Ok(views) => {
                 let next = (views.len() == q.limit as usize)
                     .then(|| views.last().map(|v| v.id.clone()))
@@ -454,14 +454,14 @@ fn parse_put(body: &[u8]) -> Result<PutConnection, String> {
     })
 }
 
-fn grant_error(e: GrantError) -> Response<Body> {
+fn grant_error(e: ConnectionError) -> Response<Body> {
     match e {
-        GrantError::NotFound(id) => fail(
+        ConnectionError::NotFound(id) => fail(
             StatusCode::NOT_FOUND,
             "unknown_connection",
             &format!("no connection `{id}`"),
         ),
-        GrantError::Invalid(m) => fail(StatusCode::BAD_REQUEST, "invalid_connection", &m),
+        ConnectionError::Invalid(m) => fail(StatusCode::BAD_REQUEST, "invalid_connection", &m),
         other => {
             tracing::error!(error = %other, "admin request failed");
             fail(

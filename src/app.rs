@@ -19,19 +19,19 @@ use crate::config::Config;
 use crate::connect::link::Links;
 use crate::connect::public::Public;
 use crate::connect::Connect;
-use crate::grants::credential::Accepts;
-use crate::grants::crypto::Keyring;
-use crate::grants::refresh::Refresher;
-use crate::grants::token::{oauth_clients, OAuthClient};
-use crate::grants::Grants;
-use crate::proxy::Connections;
+use crate::connections::credential::Accepts;
+use crate::connections::crypto::Keyring;
+use crate::connections::refresh::Refresher;
+use crate::connections::token::{oauth_clients, OAuthClient};
+use crate::connections::Connections;
+use crate::proxy::ConnectionPolicy;
 use crate::proxy::Proxy;
 use crate::rules::RuleSet;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use crate::upstream;
 
-pub use crate::grants::crypto::EXAMPLE_KEY;
+pub use crate::connections::crypto::EXAMPLE_KEY;
 
 /// A running grantd.
 pub struct App {
@@ -40,7 +40,7 @@ pub struct App {
     /// The public connect listener, when `connect.listen` is set.
     pub connect_addr: Option<SocketAddr>,
     pub connect: Arc<Connect>,
-    pub grants: Arc<Grants>,
+    pub connections: Arc<Connections>,
     /// The store itself, for those that keep more than connections (tests, tools).
     pub store: Arc<dyn crate::store::Store>,
     pub refresher: Arc<Refresher>,
@@ -67,19 +67,23 @@ impl App {
             .clone()
             .map(|l| l as Arc<dyn crate::callbacks::body::ReconnectLinks>);
         let store = control.block_on(open_store(&config.store, outbox))?;
-        let grants = Arc::new(Grants::new(store.clone(), keys, config.store.cache_ttl));
+        let connections = Arc::new(Connections::new(
+            store.clone(),
+            keys,
+            config.store.cache_ttl,
+        ));
         let clients = oauth_clients(config, &rule_sets)?;
         let tls = upstream::tls_config(&config.upstream)?;
         let token_client = upstream::client(&config.upstream, tls.clone());
         let refresher = Arc::new(Refresher::new(
-            grants.clone(),
+            connections.clone(),
             token_client,
             clients.clone(),
             config.refresh.clone(),
             control.handle().clone(),
         ));
         let connect = Arc::new(Connect::new(
-            grants.clone(),
+            connections.clone(),
             store.clone(),
             upstream::client(&config.upstream, tls.clone()),
             // The authorization-code flow needs a configured client id.
@@ -92,11 +96,17 @@ impl App {
             links,
             config,
         ));
-        let proxy = proxy_with_connections(config, rule_sets, &grants, &refresher, &store)?;
+        let proxy = proxy_with_connections(config, rule_sets, &connections, &refresher, &store)?;
         let (stop, stop_rx) = watch::channel(false);
 
         let admin = admin_api(
-            config, &proxy, &clients, &grants, &store, &refresher, &connect,
+            config,
+            &proxy,
+            &clients,
+            &connections,
+            &store,
+            &refresher,
+            &connect,
         );
         let admin_addr = match admin {
             Some(admin) => Some(serve_on(&control, config.admin.listen, "admin", |l| {
@@ -127,7 +137,7 @@ impl App {
             admin_addr,
             connect_addr,
             connect,
-            grants,
+            connections,
             store,
             refresher,
             stop,
@@ -178,11 +188,14 @@ fn keyrings(config: &Config) -> anyhow::Result<(Keyring, Arc<Keyring>)> {
 fn proxy_with_connections(
     config: &Config,
     rule_sets: BTreeMap<String, RuleSet>,
-    grants: &Arc<Grants>,
+    connections: &Arc<Connections>,
     refresher: &Arc<Refresher>,
     store: &Arc<dyn Store>,
 ) -> anyhow::Result<Arc<Proxy>> {
-    let connections = Arc::new(Connections::new(grants.clone(), refresher.clone()));
+    let connections = Arc::new(ConnectionPolicy::new(
+        connections.clone(),
+        refresher.clone(),
+    ));
     let proxy = Proxy::new(config, rule_sets)?.with_connections(connections, store.clone());
     Ok(Arc::new(proxy))
 }
@@ -192,7 +205,7 @@ fn admin_api(
     config: &Config,
     proxy: &Proxy,
     clients: &HashMap<String, OAuthClient>,
-    grants: &Arc<Grants>,
+    connections: &Arc<Connections>,
     store: &Arc<dyn Store>,
     refresher: &Arc<Refresher>,
     connect: &Arc<Connect>,
@@ -220,7 +233,7 @@ fn admin_api(
         })
         .collect();
     Some(Arc::new(Admin::new(
-        grants.clone(),
+        connections.clone(),
         store.clone(),
         refresher.clone(),
         connect.clone(),

@@ -320,7 +320,7 @@ fn token_classification(set: &RuleSet, response: &CapturedResponse) -> serde_jso
         .collect();
     let status = http::StatusCode::from_u16(response.status).unwrap_or(http::StatusCode::OK);
     let body = bytes::Bytes::from(response.body_bytes());
-    crate::grants::token::classify(set, status, &headers, &body).summary()
+    crate::connections::token::classify(set, status, &headers, &body).summary()
 }
 
 fn fail(message: &str) -> ExitCode {

@@ -3,11 +3,23 @@
 //! Data flows one way: request → route (caller check) → connection → upstream → rules →
 //! verdict → (refresher | callbacks) → response.
 //!
-//! Modules, lowest first; each imports only from those before it: [`body`], [`template`] and
-//! [`retry_after`] (leaves: bodies and their timeouts; URL templates and host allow-lists; when
-//! to try again), [`config`],
-//! [`callers`], [`listener`], [`telemetry`], [`upstream`], [`rules`], [`store`] and
-//! [`callbacks`], [`grants`], [`inject`], [`connect`], [`proxy`], [`admin`], [`app`], [`cli`].
+//! Modules, lowest first. **Each imports only from those before it** (no cycles; the proxy's
+//! phase files likewise import only downward):
+//!
+//! 1. leaves: [`body`] (body types, idle timeouts), [`template`] (URL templates, joining, host
+//!    and `return_to` allow-lists), [`time`] (clock, RFC 3339), [`retry_after`] (when to try
+//!    again);
+//! 2. [`config`] (typed config, parsed once);
+//! 3. [`callers`], [`listener`], [`telemetry`], [`upstream`]: who may call, accepting sockets,
+//!    logs and metrics, the outbound client;
+//! 4. [`rules`]: rule files, their evaluation;
+//! 5. [`store`]: durable rows, transitions and the events they imply, on SQLite or PostgreSQL;
+//! 6. [`callbacks`]: signing and delivering those events;
+//! 7. [`connections`]: sealing, caching, refreshing, minting and revoking credentials;
+//! 8. [`connect`]: the authorization-code flow;
+//! 9. [`proxy`]: the request path, one file per phase;
+//! 10. [`admin`], then [`app`] (wiring) and [`cli`].
+//!
 //! The store shapes the events it writes inside its transactions (`store::events`), so
 //! `callbacks` imports `store` and never the other way round.
 
@@ -19,7 +31,7 @@ pub mod callers;
 pub mod cli;
 pub mod config;
 pub mod connect;
-pub mod grants;
+pub mod connections;
 pub mod listener;
 pub mod proxy;
 pub mod retry_after;

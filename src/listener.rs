@@ -5,7 +5,7 @@
 //! bodies).
 //!
 //! [`serve`] is the loop of the control-plane listeners (admin API, public connect listener);
-//! the proxy runs its own loop (per-worker runtimes, graceful drain) on [`Gate`] and [`http`].
+//! the proxy runs its own loop (per-worker runtimes, graceful drain) on [`Gate`] and [`http()`].
 //! Owns no request logic: each listener passes its own handler.
 
 use std::convert::Infallible;

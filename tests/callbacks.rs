@@ -263,7 +263,7 @@ async fn reconnect_links_are_minted_at_delivery_and_never_stored() {
         link_ttl: Duration::from_secs(3600),
         ..Default::default()
     };
-    let keys = grantd::grants::crypto::Keyring::new(TEST_KEY, &[]).unwrap();
+    let keys = grantd::connections::crypto::Keyring::new(TEST_KEY, &[]).unwrap();
     let links = grantd::connect::link::Links::new(std::sync::Arc::new(keys), &config).unwrap();
     let claims = links.open(token, grantd::time::now_ms()).unwrap();
     let at = grantd::time::parse_rfc3339(got[0]["timestamp"].as_str().unwrap()).unwrap();

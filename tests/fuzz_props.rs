@@ -2,7 +2,7 @@
 //! the rule-file loader (`rules::file::parse`/`load_file`), the rule input builder (a response's
 //! status, headers and body → the JSONata document → an `Outcome`, along the proxy's own path:
 //! `proxy::rule_headers`, `proxy::decode_for_rules`, `RuleSet::evaluate`) and the token-response
-//! classifier (`grants::token::classify`, then `apply_tokens`).
+//! classifier (`connections::token::classify`, then `apply_tokens`).
 //!
 //! In CI each property runs a small number of cases (the whole file takes seconds). For a long
 //! run, `GRANTD_FUZZ_CASES=200000 cargo test --release --test fuzz_props` raises every count;

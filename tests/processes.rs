@@ -413,7 +413,7 @@ async fn three_replicas_refresh_a_thousand_due_connections_once_each_within_the_
     let config = write_fleet_config(dir.path(), &p, &store, extra);
     let replicas: Vec<Process> = (0..3).map(|_| spawn(&config)).collect();
     // All expired at once: every one is due now. (Tokens with a future expiry would be renewed
-    // at 50-80% of their lifetime, see grants::timing, not all at once.)
+    // at 50-80% of their lifetime, see connections::timing, not all at once.)
     for i in 0..1000 {
         let refresh = format!("rt-due-{i}");
         p.grant(&refresh);

@@ -11,7 +11,7 @@ use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 
 use super::body::{self, ReconnectLinks};
-use super::sign::{self, Secret};
+use super::sign::{self, SigningKey};
 use crate::config::{CallbacksConfig, EndpointConfig};
 use crate::store::events::ALL;
 use crate::store::{Delivery, DeliveryResult, Outbox, Store};
@@ -20,7 +20,7 @@ use crate::upstream::UpstreamClient;
 
 struct Endpoint {
     url: Uri,
-    secrets: Vec<Secret>,
+    secrets: Vec<SigningKey>,
     timeout: Duration,
 }
 
@@ -69,7 +69,7 @@ fn parse_endpoint(e: &EndpointConfig) -> Result<Endpoint, String> {
     let secrets = e
         .secrets
         .iter()
-        .map(|s| Secret::parse(s))
+        .map(|s| SigningKey::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Endpoint {
         url,

@@ -7,16 +7,16 @@ use ring::hmac;
 
 /// A parsed `whsec_...` secret. `Debug` never shows it.
 #[derive(Clone)]
-pub struct Secret(hmac::Key);
+pub struct SigningKey(hmac::Key);
 
-impl std::fmt::Debug for Secret {
+impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("whsec_***")
     }
 }
 
-impl Secret {
-    pub fn parse(s: &str) -> Result<Secret, String> {
+impl SigningKey {
+    pub fn parse(s: &str) -> Result<SigningKey, String> {
         let b64 = s
             .trim()
             .strip_prefix("whsec_")
@@ -27,12 +27,12 @@ impl Secret {
         if key.len() < 16 {
             return Err("a callback secret needs at least 16 bytes of key".into());
         }
-        Ok(Secret(hmac::Key::new(hmac::HMAC_SHA256, &key)))
+        Ok(SigningKey(hmac::Key::new(hmac::HMAC_SHA256, &key)))
     }
 }
 
 /// The `webhook-signature` header value.
-pub fn signature(secrets: &[Secret], id: &str, timestamp: i64, body: &str) -> String {
+pub fn signature(secrets: &[SigningKey], id: &str, timestamp: i64, body: &str) -> String {
     let content = format!("{id}.{timestamp}.{body}");
     secrets
         .iter()
@@ -54,7 +54,7 @@ mod tests {
     /// The example from the Standard Webhooks specification's reference tests.
     #[test]
     fn matches_the_reference_signature() {
-        let secret = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let secret = SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let sig = signature(
             &[secret],
             "msg_p5jXN8AQM9LWM0D4loKWxJek",
@@ -66,9 +66,9 @@ mod tests {
 
     #[test]
     fn bad_secrets_are_refused_and_never_printed() {
-        assert!(Secret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
-        assert!(Secret::parse("whsec_!!!").is_err());
-        let s = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        assert!(SigningKey::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
+        assert!(SigningKey::parse("whsec_!!!").is_err());
+        let s = SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         assert_eq!(format!("{s:?}"), "whsec_***");
     }
 }

@@ -3,7 +3,7 @@
 //! one code exchange, storing the tokens, and where the browser goes next.
 //!
 //! Owns nothing stored itself: states are the store's, connections are written only through
-//! [`Grants::store_authorized`](crate::grants::Grants::store_authorized).
+//! [`Connections::store_authorized`](crate::connections::Connections::store_authorized).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::return_to::with_result;
 use super::{browser, err, sha256_hex, unavailable, Connect, ConnectError, Finished, VERIFIER_AAD};
-use crate::grants::token::{self, TokenResult};
+use crate::connections::token::{self, TokenResult};
 use crate::store::{ConnectState, Taken};
 use crate::template::under_prefix;
 use crate::time::{now_ms, rfc3339};
@@ -193,7 +193,7 @@ impl Connect {
         let received = now_ms();
         let fields = match result {
             TokenResult::Tokens(fields) => fields,
-            TokenResult::Grant(f) | TokenResult::Config(f) | TokenResult::Transient(f, _) => {
+            TokenResult::Connection(f) | TokenResult::Config(f) | TokenResult::Transient(f, _) => {
                 tracing::warn!(connection = %state.connection_id, integration = %state.integration, error = %f.code, "authorization code exchange failed");
                 let why = f
                     .description
@@ -234,7 +234,7 @@ impl Connect {
         let mut delay = std::time::Duration::from_millis(100);
         for attempt in 1.. {
             match self
-                .grants
+                .connections
                 .store_authorized(&state.connection_id, &state.integration, scopes, answer)
                 .await
             {

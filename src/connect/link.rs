@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::ConnectRequest;
 use crate::callbacks::body::ReconnectLinks;
 use crate::config::ConnectConfig;
-use crate::grants::crypto::Keyring;
+use crate::connections::crypto::Keyring;
 
 const AAD: &str = "grantd-connect-link";
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -109,7 +109,7 @@ mod tests {
     }
 
     fn links(ttl: u64) -> Links {
-        let keys = Keyring::new(crate::grants::crypto::EXAMPLE_KEY, &[]).unwrap();
+        let keys = Keyring::new(crate::connections::crypto::EXAMPLE_KEY, &[]).unwrap();
         Links::new(Arc::new(keys), &config(ttl)).unwrap()
     }
 

@@ -4,7 +4,7 @@
 //! Owns authorization URLs, `state` (random, stored hashed, bound to one connection and
 //! integration and, when a connect link started it, to that browser; expiring, single-use),
 //! connect links, the one code exchange per `state`, and the `return_to` allow-list. It writes
-//! connections only through [`Grants::store_authorized`] and must not touch the proxy path or
+//! connections only through [`Connections::store_authorized`] and must not touch the proxy path or
 //! the refresher.
 
 pub mod browser;
@@ -23,9 +23,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::{Config, ConnectConfig, RefreshConfig};
-use crate::grants::crypto::Keyring;
-use crate::grants::token::OAuthClient;
-use crate::grants::{validate_id, Grants};
+use crate::connections::crypto::Keyring;
+use crate::connections::token::OAuthClient;
+use crate::connections::{validate_id, Connections};
 use crate::store::{ConnectState, Store};
 use crate::template::under_prefix;
 use crate::time::{now_ms, rfc3339};
@@ -101,7 +101,7 @@ pub enum Finished {
 }
 
 pub struct Connect {
-    grants: Arc<Grants>,
+    connections: Arc<Connections>,
     /// Connect states and used links live in the store; connections go through `grants`.
     store: Arc<dyn Store>,
     http: UpstreamClient,
@@ -117,7 +117,7 @@ pub struct Connect {
 
 impl Connect {
     pub fn new(
-        grants: Arc<Grants>,
+        connections: Arc<Connections>,
         store: Arc<dyn Store>,
         http: UpstreamClient,
         clients: HashMap<String, OAuthClient>,
@@ -131,7 +131,7 @@ impl Connect {
             .and(config.public_url.as_deref())
             .and_then(CookieScope::new);
         Connect {
-            grants,
+            connections,
             store,
             http,
             clients,

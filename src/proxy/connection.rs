@@ -19,33 +19,38 @@ use super::rewrite::Signal;
 use super::route::Target;
 use super::Proxy;
 use crate::body::{Body, IdleTimeout};
-use crate::grants::refresh::{Refreshed, Refresher};
-use crate::grants::{Grant, GrantError, Grants};
+use crate::connections::refresh::{Refreshed, Refresher};
+use crate::connections::{Connection, ConnectionError, Connections};
 use crate::store::Status;
 use crate::time::now_ms;
 use hyper::body::Incoming;
 
 /// The connection data plane: grants, the refresher, and how each integration injects.
-pub struct Connections {
-    pub grants: Arc<Grants>,
+pub struct ConnectionPolicy {
+    pub connections: Arc<Connections>,
     pub refresher: Arc<Refresher>,
 }
 
-impl Connections {
-    pub fn new(grants: Arc<Grants>, refresher: Arc<Refresher>) -> Connections {
-        Connections { grants, refresher }
+impl ConnectionPolicy {
+    pub fn new(connections: Arc<Connections>, refresher: Arc<Refresher>) -> ConnectionPolicy {
+        ConnectionPolicy {
+            connections,
+            refresher,
+        }
     }
 
     /// A grant whose access token can be sent now, refreshing first when it is expired.
-    async fn resolve(&self, id: &str, integration: &str) -> Result<Arc<Grant>, Refusal> {
-        let grant = match self.grants.cached(id) {
+    async fn resolve(&self, id: &str, integration: &str) -> Result<Arc<Connection>, Refusal> {
+        let grant = match self.connections.cached(id) {
             Some(g) => g,
             // A healthy store answers in milliseconds; the request path does not wait longer
             // than this to find out it is down.
             None => {
-                match tokio::time::timeout(Duration::from_millis(500), self.grants.load(id)).await {
+                match tokio::time::timeout(Duration::from_millis(500), self.connections.load(id))
+                    .await
+                {
                     Ok(Ok(g)) => g,
-                    Ok(Err(GrantError::Store(e))) => self.stale(id, e.to_string())?,
+                    Ok(Err(ConnectionError::Store(e))) => self.stale(id, e.to_string())?,
                     Err(_) => self.stale(id, "the store did not answer within 500 ms".into())?,
                     Ok(Err(e)) => return Err(refusal(e)),
                 }
@@ -84,16 +89,18 @@ impl Connections {
     }
 
     /// The store is unreachable: keep serving what this process last knew.
-    fn stale(&self, id: &str, error: String) -> Result<Arc<Grant>, Refusal> {
-        self.grants.cached_stale(id).ok_or(Refusal::Unavailable {
-            error,
-            retry_at: None,
-        })
+    fn stale(&self, id: &str, error: String) -> Result<Arc<Connection>, Refusal> {
+        self.connections
+            .cached_stale(id)
+            .ok_or(Refusal::Unavailable {
+                error,
+                retry_at: None,
+            })
     }
 
     /// After a `refresh` verdict (or an `invalid_token` 401): one single-flight refresh past
     /// the version the request used.
-    async fn refresh_after_rejection(&self, grant: &Grant) -> Option<Arc<Grant>> {
+    async fn refresh_after_rejection(&self, grant: &Connection) -> Option<Arc<Connection>> {
         match self.refresher.refresh(&grant.id, grant.version).await {
             Refreshed::Ok { grant, .. } => Some(grant),
             _ => None,
@@ -101,9 +108,9 @@ impl Connections {
     }
 
     /// A live `reauth` verdict pauses the connection (unless it changed meanwhile).
-    async fn pause(&self, grant: &Grant, detail: serde_json::Value) {
+    async fn pause(&self, grant: &Connection, detail: serde_json::Value) {
         if let Err(e) = self
-            .grants
+            .connections
             .mark_needs_reauth(&grant.id, grant.version, detail)
             .await
         {
@@ -112,9 +119,9 @@ impl Connections {
     }
 }
 
-fn refusal(e: GrantError) -> Refusal {
+fn refusal(e: ConnectionError) -> Refusal {
     match e {
-        GrantError::NotFound(_) => Refusal::NotFound,
+        ConnectionError::NotFound(_) => Refusal::NotFound,
         other => Refusal::Broken(other.to_string()),
     }
 }
@@ -129,18 +136,12 @@ impl Proxy {
         body: IdleTimeout<Incoming>,
         id: &str,
     ) -> Result<Response<Body>, Failure> {
-        let connections = self
-            .connections
-            .as_ref()
-            .ok_or(Failure::ConnectionsDisabled)?;
+        let policy = self.policy.as_ref().ok_or(Failure::ConnectionsDisabled)?;
         let refused = |refusal| Failure::Connection {
             id: id.to_string(),
             refusal,
         };
-        let grant = connections
-            .resolve(id, target.name)
-            .await
-            .map_err(refused)?;
+        let grant = policy.resolve(id, target.name).await.map_err(refused)?;
         let (first, kept, _budget) = match self.keep_for_replay(&head, body).await? {
             Replay::Kept(bytes, held) => (Replay::body(&bytes), Some(bytes), held),
             Replay::Streamed(body) => (head.streamed(body), None, None),
@@ -149,10 +150,10 @@ impl Proxy {
         let fresh = match fixed_signal(&grant, &resp, signal) {
             Signal::None => return Ok(resp),
             Signal::Reauth(detail) => {
-                connections.pause(&grant, detail).await;
+                policy.pause(&grant, detail).await;
                 return Ok(resp);
             }
-            Signal::Refresh => connections.refresh_after_rejection(&grant).await,
+            Signal::Refresh => policy.refresh_after_rejection(&grant).await,
         };
         // A streamed body cannot be sent again: the next call uses the new token.
         let (Some(fresh), Some(bytes)) = (fresh, kept) else {
@@ -162,7 +163,7 @@ impl Proxy {
             .send(target, head, Replay::body(&bytes), Some(&fresh))
             .await?;
         if let Signal::Reauth(detail) = signal {
-            connections.pause(&fresh, detail).await;
+            policy.pause(&fresh, detail).await;
         }
         Ok(resp)
     }
@@ -170,7 +171,7 @@ impl Proxy {
 
 /// An API key or Basic login cannot be refreshed: a `refresh` verdict, or a plain 401 no rule
 /// explained, means the stored credential was rejected and a new one is needed.
-fn fixed_signal(grant: &Grant, resp: &Response<Body>, signal: Signal) -> Signal {
+fn fixed_signal(grant: &Connection, resp: &Response<Body>, signal: Signal) -> Signal {
     if !grant.kind.fixed() {
         return signal;
     }

@@ -21,7 +21,7 @@ use super::rewrite::Signal;
 use super::route::Target;
 use super::Proxy;
 use crate::body::{empty, full, Body, BodyFailure, IdleTimeout, Watched};
-use crate::grants::Grant;
+use crate::connections::Connection;
 
 /// The request as the app sent it, kept so it can be sent again after a refresh.
 #[derive(Clone)]
@@ -115,7 +115,7 @@ impl Proxy {
         target: Target<'_>,
         head: Head,
         body: Body,
-        grant: Option<&Grant>,
+        grant: Option<&Connection>,
     ) -> Result<(Response<Body>, Signal), Failure> {
         let Target { name, route, .. } = target;
         let Head {

@@ -8,8 +8,8 @@
 use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::grants::credential::Held;
-use crate::grants::Grant;
+use crate::connections::credential::Held;
+use crate::connections::Connection;
 use crate::rules::file::Inject;
 use crate::rules::RuleSet;
 
@@ -21,7 +21,7 @@ enum Place<'a> {
 
 pub(super) fn inject(
     rules: &RuleSet,
-    grant: &Grant,
+    grant: &Connection,
     headers: &mut HeaderMap,
     query: &mut Option<String>,
 ) -> Result<(), String> {

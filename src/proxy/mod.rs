@@ -3,15 +3,15 @@
 //!
 //! One file per phase, in the order a request meets them ([`Proxy::handle`] reads the same way):
 //!
-//! 1. [`route`]: the request line: no `CONNECT`, no absolute-form, a known integration, no
-//!    `.`/`..` segments; `/_grantd/*` goes to [`internal`].
-//! 2. [`headers`]: who is asking and for which connection (both taken out), header hygiene.
+//! 1. `route`: the request line: no `CONNECT`, no absolute-form, a known integration, no
+//!    `.`/`..` segments; `/_grantd/*` goes to `internal`.
+//! 2. `headers`: who is asking and for which connection (both taken out), header hygiene.
 //!    Then the caller check (`callers`).
-//! 3. [`connection`]: the connection policy: a usable token (refreshed if expired), pause on
+//! 3. `connection`: the connection policy: a usable token (refreshed if expired), pause on
 //!    `reauth`, one refresh and one replay on `refresh`.
-//! 4. [`forward`]: one exchange: URL on the base, credential injected ([`inject`]), timeouts.
-//! 5. [`rewrite`]: buffer what a rule selects, evaluate, apply the verdict.
-//! 6. [`respond`]: every typed [`respond::Failure`] becomes its response in one table.
+//! 4. `forward`: one exchange: URL on the base, credential injected (`inject`), timeouts.
+//! 5. `rewrite`: buffer what a rule selects, evaluate, apply the verdict.
+//! 6. `respond`: every typed `respond::Failure` becomes its response in one table.
 //!
 //! It must not open connections anywhere but a configured base URL, must not evaluate rules on
 //! an async worker unless they are bounded, and must not buffer a response no rule selects.
@@ -37,7 +37,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-pub use connection::Connections;
+pub use connection::ConnectionPolicy;
 #[doc(hidden)]
 pub use headers::rule_headers;
 pub use respond::Refusal;
@@ -60,7 +60,7 @@ use route::{Route, Routed, Target};
 /// Everything the request path needs, built once at startup.
 pub struct Proxy {
     routes: BTreeMap<String, Route>,
-    connections: Option<Arc<Connections>>,
+    policy: Option<Arc<ConnectionPolicy>>,
     /// Asked by `/_grantd/readyz`.
     store: Option<Arc<dyn Store>>,
     callers: Callers,
@@ -105,7 +105,7 @@ impl Proxy {
         let budget = config.server.replay_budget.0;
         Ok(Proxy {
             routes,
-            connections: None,
+            policy: None,
             store: None,
             callers: Callers::new(&config.callers).map_err(anyhow::Error::msg)?,
             upstream: config.upstream.clone(),
@@ -125,10 +125,10 @@ impl Proxy {
     /// Enables connections (token injection, refresh and pausing) and readiness on `store`.
     pub fn with_connections(
         mut self,
-        connections: Arc<Connections>,
+        policy: Arc<ConnectionPolicy>,
         store: Arc<dyn Store>,
     ) -> Proxy {
-        self.connections = Some(connections);
+        self.policy = Some(policy);
         self.store = Some(store);
         self
     }
@@ -195,7 +195,7 @@ impl Proxy {
     }
 
     /// The whole request path, phase by phase; a failure in any phase is answered by
-    /// [`respond`].
+    /// `respond`.
     pub async fn handle(&self, client: &UpstreamClient, req: Request<Incoming>) -> Response<Body> {
         let routed = route::route(req.method(), req.uri(), req.version());
         let mut resp = match routed {

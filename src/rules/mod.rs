@@ -1,7 +1,7 @@
 //! Rule files: per-integration JSONata rules that turn misleading provider responses into a
 //! [`Verdict`] (honest status, action, error code).
 //!
-//! Owns loading and validating `rules/*.yaml` ([`file`]), the cheap `match` prefilter, turning
+//! Owns loading and validating `rules/*.yaml` ([`mod@file`]), the cheap `match` prefilter, turning
 //! an expression's result into a typed verdict, and running a file's `tests:` ([`check`]).
 //! It must not do I/O on the request path or touch HTTP plumbing: `proxy` decides what to
 //! buffer and applies the verdict; the engine itself lives behind [`engine`].

@@ -8,9 +8,9 @@ use std::time::Duration;
 use super::*;
 use crate::time::now_ms;
 
-fn row(id: &str) -> Row {
+fn row(id: &str) -> ConnectionRow {
     let now = now_ms();
-    Row {
+    ConnectionRow {
         id: id.into(),
         integration: "slack".into(),
         status: Status::Active,

@@ -8,7 +8,7 @@
 
 use serde_json::{json, Value};
 
-use super::{Row, Status, Transition};
+use super::{ConnectionRow, Status, Transition};
 use crate::time::rfc3339;
 
 /// An event ready for the outbox. `payload` is the body every attempt sends (plus, for an
@@ -65,7 +65,7 @@ fn new_id() -> String {
 /// `down_since` is when the connection entered the status it is leaving. An
 /// `authentication_error`'s `reconnect_url` is added when it is sent (see `callbacks::body`).
 pub fn for_transition(
-    row: &Row,
+    row: &ConnectionRow,
     t: &Transition,
     now: i64,
     down_since: Option<i64>,
@@ -196,8 +196,8 @@ mod tests {
         }
     }
 
-    fn row() -> Row {
-        Row {
+    fn row() -> ConnectionRow {
+        ConnectionRow {
             id: "c1".into(),
             integration: "slack".into(),
             status: Status::Active,

@@ -13,7 +13,7 @@ macro_rules! log_statements {
         async fn record(
             tx: &mut Tx<'_>,
             outbox: &Outbox,
-            row: &Row,
+            row: &ConnectionRow,
             t: &Transition,
         ) -> Result<(), StoreError> {
             let now = row.updated_at;
@@ -140,7 +140,7 @@ macro_rules! log_statements {
 
         async fn record_transition(
             tx: &mut Tx<'_>,
-            row: &Row,
+            row: &ConnectionRow,
             t: &Transition,
         ) -> Result<(), StoreError> {
             sqlx::query(&q(

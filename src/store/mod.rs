@@ -75,7 +75,7 @@ pub struct LastError {
 
 /// One connection as stored. Tokens are sealed bytes; times are unix milliseconds.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Row {
+pub struct ConnectionRow {
     pub id: String,
     pub integration: String,
     pub status: Status,
@@ -217,16 +217,20 @@ pub use sql::SqlStore;
 pub trait Store: Send + Sync + 'static {
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
-    async fn get(&self, id: &str) -> Result<Option<Row>, StoreError>;
-    async fn list(&self, query: &ListQuery) -> Result<Vec<Row>, StoreError>;
+    async fn get(&self, id: &str) -> Result<Option<ConnectionRow>, StoreError>;
+    async fn list(&self, query: &ListQuery) -> Result<Vec<ConnectionRow>, StoreError>;
     /// Creates the row or replaces it unconditionally (the app imported new credentials):
     /// version becomes the old one + 1 (or 1), and any lease is dropped. Returns the row.
-    async fn put(&self, row: Row, transition: Option<Transition>) -> Result<Row, StoreError>;
+    async fn put(
+        &self,
+        row: ConnectionRow,
+        transition: Option<Transition>,
+    ) -> Result<ConnectionRow, StoreError>;
     /// Writes `row` (whose `version` must be `expected + 1`) only if the stored version is
     /// still `expected`. False when someone else wrote first.
     async fn cas(
         &self,
-        row: &Row,
+        row: &ConnectionRow,
         expected: i64,
         transition: Option<Transition>,
     ) -> Result<bool, StoreError>;
@@ -245,7 +249,12 @@ pub trait Store: Send + Sync + 'static {
     async fn release_lease(&self, id: &str, owner: &str) -> Result<(), StoreError>;
     /// Active connections expiring before `horizon` that may be attempted now and hold no live
     /// lease, soonest first.
-    async fn due(&self, now: i64, horizon: i64, limit: u32) -> Result<Vec<Row>, StoreError>;
+    async fn due(
+        &self,
+        now: i64,
+        horizon: i64,
+        limit: u32,
+    ) -> Result<Vec<ConnectionRow>, StoreError>;
     /// (integration, status, count) for every pair present.
     async fn counts(&self) -> Result<Vec<(String, Status, i64)>, StoreError>;
     async fn transitions(&self, id: &str) -> Result<Vec<TransitionRecord>, StoreError>;

@@ -44,7 +44,7 @@ macro_rules! row_decoders {
             })
         }
 
-        fn from_row(r: &DbRow) -> Result<Row, StoreError> {
+        fn from_row(r: &DbRow) -> Result<ConnectionRow, StoreError> {
             let id: String = r.try_get("id").map_err(db)?;
             let corrupt = |what: &str| StoreError::Corrupt {
                 id: id.clone(),
@@ -70,7 +70,7 @@ macro_rules! row_decoders {
                         .unwrap_or(0),
                 }),
             };
-            Ok(Row {
+            Ok(ConnectionRow {
                 integration: r.try_get("integration").map_err(db)?,
                 status: Status::parse(&status).ok_or_else(|| corrupt("unknown status"))?,
                 key_id: r.try_get("key_id").map_err(db)?,

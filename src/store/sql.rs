@@ -59,8 +59,8 @@ macro_rules! sql_store {
             use $crate::store::rows::{minted_kinds, COLUMNS, DELIVERY_COLUMNS};
             use $crate::store::sql::{Dialect, SqlStore};
             use $crate::store::{
-                ConnectState, Delivery, DeliveryResult, LastError, ListQuery, Outbox, Row, Status,
-                Store, StoreError, Taken, Transition, TransitionRecord,
+                ConnectState, ConnectionRow, Delivery, DeliveryResult, LastError, ListQuery,
+                Outbox, Status, Store, StoreError, Taken, Transition, TransitionRecord,
             };
 
             type Db = $db;
@@ -88,25 +88,25 @@ macro_rules! sql_store {
                     Ok(())
                 }
 
-                async fn get(&self, id: &str) -> Result<Option<Row>, StoreError> {
+                async fn get(&self, id: &str) -> Result<Option<ConnectionRow>, StoreError> {
                     get(&self.pool, id).await
                 }
 
-                async fn list(&self, query: &ListQuery) -> Result<Vec<Row>, StoreError> {
+                async fn list(&self, query: &ListQuery) -> Result<Vec<ConnectionRow>, StoreError> {
                     list(&self.pool, query).await
                 }
 
                 async fn put(
                     &self,
-                    row: Row,
+                    row: ConnectionRow,
                     transition: Option<Transition>,
-                ) -> Result<Row, StoreError> {
+                ) -> Result<ConnectionRow, StoreError> {
                     put(&self.pool, &self.outbox, row, transition).await
                 }
 
                 async fn cas(
                     &self,
-                    row: &Row,
+                    row: &ConnectionRow,
                     expected: i64,
                     transition: Option<Transition>,
                 ) -> Result<bool, StoreError> {
@@ -137,7 +137,7 @@ macro_rules! sql_store {
                     now: i64,
                     horizon: i64,
                     limit: u32,
-                ) -> Result<Vec<Row>, StoreError> {
+                ) -> Result<Vec<ConnectionRow>, StoreError> {
                     due(&self.pool, now, horizon, limit).await
                 }
 
@@ -223,7 +223,7 @@ pub(super) use sql_store;
 /// `due`, `counts`, `transitions`) for one driver.
 macro_rules! connection_statements {
     () => {
-        async fn get(pool: &Pool, id: &str) -> Result<Option<Row>, StoreError> {
+        async fn get(pool: &Pool, id: &str) -> Result<Option<ConnectionRow>, StoreError> {
             let r = sqlx::query(&q(&format!(
                 "SELECT {COLUMNS} FROM connections WHERE id = ?"
             )))
@@ -234,7 +234,7 @@ macro_rules! connection_statements {
             r.as_ref().map(from_row).transpose()
         }
 
-        async fn list(pool: &Pool, query: &ListQuery) -> Result<Vec<Row>, StoreError> {
+        async fn list(pool: &Pool, query: &ListQuery) -> Result<Vec<ConnectionRow>, StoreError> {
             let rows = sqlx::query(&q(&format!(
                 "SELECT {COLUMNS} FROM connections WHERE (? IS NULL OR integration = ?) \
                  AND (? IS NULL OR status = ?) AND (? IS NULL OR id > ?) ORDER BY id LIMIT ?"
@@ -255,9 +255,9 @@ macro_rules! connection_statements {
         async fn put(
             pool: &Pool,
             outbox: &Outbox,
-            mut row: Row,
+            mut row: ConnectionRow,
             transition: Option<Transition>,
-        ) -> Result<Row, StoreError> {
+        ) -> Result<ConnectionRow, StoreError> {
             let mut tx = pool.begin().await.map_err(db)?;
             // The upsert is the transaction's first statement, so it takes the write lock at once.
             let version: i64 = sqlx::query_scalar(&q(
@@ -309,7 +309,7 @@ macro_rules! connection_statements {
         async fn cas(
             pool: &Pool,
             outbox: &Outbox,
-            row: &Row,
+            row: &ConnectionRow,
             expected: i64,
             transition: Option<Transition>,
         ) -> Result<bool, StoreError> {
@@ -426,7 +426,7 @@ macro_rules! connection_statements {
             now: i64,
             horizon: i64,
             limit: u32,
-        ) -> Result<Vec<Row>, StoreError> {
+        ) -> Result<Vec<ConnectionRow>, StoreError> {
             // Rows with a refresh token, or of a kind grantd mints itself.
             let minted = minted_kinds();
             let rows = sqlx::query(&q(&format!(

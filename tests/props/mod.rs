@@ -12,17 +12,17 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
-use grantd::grants::crypto::Keyring;
-use grantd::grants::token::{
+use grantd::connections::crypto::Keyring;
+use grantd::connections::token::{
     apply_tokens, classify, Answer, OAuthClient, TokenResult, MAX_LIFETIME_SECS,
 };
-use grantd::grants::{Grants, Secret};
+use grantd::connections::{Connections, Secret};
 use grantd::proxy::{decode_for_rules, rule_headers};
 use grantd::rules::check::evaluate_captured;
 use grantd::rules::engine::Cancel;
 use grantd::rules::file::{self, CapturedResponse, RequestSpec};
 use grantd::rules::{default_budget, Action, Endpoint, Facts, Outcome, RuleSet};
-use grantd::store::{Row, Status};
+use grantd::store::{ConnectionRow, Status};
 
 pub const SHIPPED: [(&str, &str); 6] = [
     ("github", include_str!("../../rules/github.yaml")),
@@ -375,8 +375,8 @@ fn ruleless(c: &OAuthClient) -> OAuthClient {
     }
 }
 
-fn grants() -> &'static Grants {
-    static GRANTS: OnceLock<(tempfile::TempDir, Grants)> = OnceLock::new();
+fn connections() -> &'static Connections {
+    static GRANTS: OnceLock<(tempfile::TempDir, Connections)> = OnceLock::new();
     &GRANTS
         .get_or_init(|| {
             let dir = tempfile::tempdir().expect("temp dir");
@@ -392,14 +392,14 @@ fn grants() -> &'static Grants {
                 ))
                 .expect("store");
             let keys = Keyring::new(grantd::app::EXAMPLE_KEY, &[]).expect("key");
-            let grants = Grants::new(Arc::new(store), keys, Duration::from_secs(2));
-            (dir, grants)
+            let connections = Connections::new(Arc::new(store), keys, Duration::from_secs(2));
+            (dir, connections)
         })
         .1
 }
 
-fn blank_row() -> Row {
-    Row {
+fn blank_row() -> ConnectionRow {
+    ConnectionRow {
         id: "c1".into(),
         integration: "fz".into(),
         status: Status::Active,
@@ -425,7 +425,7 @@ fn blank_row() -> Row {
 pub fn variant(r: &TokenResult) -> &'static str {
     match r {
         TokenResult::Tokens(_) => "tokens",
-        TokenResult::Grant(_) => "grant",
+        TokenResult::Connection(_) => "grant",
         TokenResult::Config(_) => "config",
         TokenResult::Transient(..) => "transient",
     }
@@ -493,7 +493,7 @@ fn check_tokens(
         default_lifetime: Duration::from_secs(3600),
         received: now,
     };
-    apply_tokens(grants(), &mut row, &answer, None);
+    apply_tokens(connections(), &mut row, &answer, None);
     match row.expires_at {
         Some(e) if (now..=now + MAX_LIFETIME_SECS * 1000).contains(&e) => {}
         other => return Err(format!("expiry {other:?} for receipt at {now}: {fields:?}")),

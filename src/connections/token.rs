@@ -12,12 +12,12 @@ use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 
-use super::{Grants, Secret};
+use super::{Connections, Secret};
 use crate::config::EvaluationConfig;
 use crate::rules::engine::Cancel;
 use crate::rules::file::{AuthSpec, CapturedResponse, ClientAuth};
 use crate::rules::{Action, Endpoint, Facts, Outcome as RuleOutcome, RuleSet, Verdict};
-use crate::store::{Row, Status};
+use crate::store::{ConnectionRow, Status};
 use crate::template::{Template, Urls};
 use crate::upstream::UpstreamClient;
 
@@ -44,7 +44,7 @@ pub struct OAuthClient {
 #[derive(Debug)]
 pub enum TokenResult {
     Tokens(serde_json::Map<String, serde_json::Value>),
-    Grant(Failure),
+    Connection(Failure),
     Config(Failure),
     Transient(Failure, Option<i64>),
 }
@@ -56,7 +56,7 @@ impl TokenResult {
     pub fn summary(&self) -> serde_json::Value {
         let (result, action, status, failure, retry_after) = match self {
             TokenResult::Tokens(_) => ("tokens", "none", 200, None, None),
-            TokenResult::Grant(f) => ("needs_reauth", "reauth", 401, Some(f), None),
+            TokenResult::Connection(f) => ("needs_reauth", "reauth", 401, Some(f), None),
             TokenResult::Config(f) => ("config_error", "fix_config", 503, Some(f), None),
             TokenResult::Transient(f, after) => ("transient", "retry", 503, Some(f), *after),
         };
@@ -206,8 +206,8 @@ pub struct Answer<'a> {
 /// `expires_in` (provider clocks and absolute timestamps are ignored), scopes, and the fields
 /// the rule file lists as metadata. An answer without a refresh token keeps `keep_refresh`.
 pub fn apply_tokens(
-    grants: &Grants,
-    next: &mut Row,
+    connections: &Connections,
+    next: &mut ConnectionRow,
     answer: &Answer<'_>,
     keep_refresh: Option<&Secret>,
 ) {
@@ -244,7 +244,7 @@ pub fn apply_tokens(
         tracing::warn!(integration = %next.integration, connection = %next.id, %why, "token response metadata refused; the previous values are kept");
         next.metadata = before;
     }
-    grants.seal_into(next, access.as_ref(), refresh.as_ref());
+    connections.seal_into(next, access.as_ref(), refresh.as_ref());
     next.status = Status::Active;
     next.refresh_failures = 0;
     next.next_attempt_at = None;
@@ -313,7 +313,7 @@ fn from_verdict(
         detail: v.detail.clone(),
     };
     match v.action {
-        Action::Reauth => Some(TokenResult::Grant(f)),
+        Action::Reauth => Some(TokenResult::Connection(f)),
         Action::FixConfig => Some(TokenResult::Config(f)),
         Action::Retry => Some(TokenResult::Transient(
             f,
@@ -369,7 +369,7 @@ pub fn classify_outcome(
         }
     }
     match code.as_str() {
-        "invalid_grant" => TokenResult::Grant(f),
+        "invalid_grant" => TokenResult::Connection(f),
         "invalid_client" | "unauthorized_client" | "unsupported_grant_type" | "invalid_scope" => {
             TokenResult::Config(f)
         }

@@ -8,7 +8,7 @@
 use super::assertion::{Claims, Signer};
 use super::credential::{Held, Kind};
 use super::token::OAuthClient;
-use super::Grant;
+use super::Connection;
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
@@ -20,7 +20,7 @@ pub struct Renewal {
 
 /// The request that gets `grant` a new access token, or why there is none (a config error: the
 /// connection's kind and stored secret do not fit the integration).
-pub fn renewal(client: &OAuthClient, grant: &Grant, now_ms: i64) -> Result<Renewal, String> {
+pub fn renewal(client: &OAuthClient, grant: &Connection, now_ms: i64) -> Result<Renewal, String> {
     let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
     let spec = &client.rules.credentials;
     match (grant.kind, &grant.held) {
@@ -84,7 +84,7 @@ pub fn renewal(client: &OAuthClient, grant: &Grant, now_ms: i64) -> Result<Renew
 /// domain-wide delegation), `aud` the rule file's audience or the token URL, a short `exp`.
 fn assertion(
     client: &OAuthClient,
-    grant: &Grant,
+    grant: &Connection,
     held: &Held,
     now_ms: i64,
 ) -> Result<String, String> {

@@ -1,4 +1,10 @@
-//! OAuth grants: connections, their tokens, and keeping them alive.
+//! Connections: what grantd holds for each account an app connected (OAuth tokens or another
+//! credential kind), sealing it at rest, and keeping it alive.
+//!
+//! One word throughout: a *connection* is [`crate::store::ConnectionRow`] in the
+//! store (sealed), [`Connection`] once opened here, [`ConnectionView`] in the admin API, and
+//! [`Connections`] the cached access to them all; `proxy::ConnectionPolicy` decides what a
+//! request does with one.
 //!
 //! Owns the plaintext side of tokens (sealing and opening them, the in-memory cache the proxy
 //! reads), the single-flight refresher ([`refresh`]) and the status machine (`active`,
@@ -19,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{ListQuery, Row, Status, Store, StoreError, Transition};
+use crate::store::{ConnectionRow, ListQuery, Status, Store, StoreError, Transition};
 use crate::time::{now_ms, parse_rfc3339, rfc3339};
 use credential::{Held, Kind};
 use crypto::Keyring;
@@ -46,7 +52,7 @@ impl std::fmt::Debug for Secret {
 
 /// A connection with its tokens opened, as the proxy and refresher use it.
 #[derive(Debug, Clone)]
-pub struct Grant {
+pub struct Connection {
     pub id: String,
     pub integration: String,
     pub status: Status,
@@ -65,7 +71,7 @@ pub struct Grant {
     pub issued_at: i64,
 }
 
-impl Grant {
+impl Connection {
     /// True when the credential is usable for at least `margin_ms` more (at most a fifth of
     /// the token's lifetime, see [`timing::margin`]): an API key or Basic login always is; a
     /// token until its expiry.
@@ -138,7 +144,7 @@ pub struct Credentials {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum GrantError {
+pub enum ConnectionError {
     #[error("no connection `{0}`")]
     NotFound(String),
     #[error("{0}")]
@@ -149,13 +155,13 @@ pub enum GrantError {
     Store(#[from] StoreError),
 }
 
-/// The grant service shared by the proxy, the admin API and the refresher.
-pub struct Grants {
+/// Access to connections, shared by the proxy, the admin API and the refresher.
+pub struct Connections {
     store: Arc<dyn Store>,
     keys: Keyring,
-    /// Grants as last read, with when: the proxy's fast path. Entries older than `cache_ttl`
+    /// Connections as last read, with when: the proxy's fast path. Entries older than `cache_ttl`
     /// are read again, so a change made by another process is seen within that time.
-    cache: Mutex<HashMap<String, (Arc<Grant>, std::time::Instant)>>,
+    cache: Mutex<HashMap<String, (Arc<Connection>, std::time::Instant)>>,
     cache_ttl: std::time::Duration,
 }
 
@@ -163,9 +169,13 @@ fn aad(id: &str, field: &str) -> String {
     format!("{id}\0{field}")
 }
 
-impl Grants {
-    pub fn new(store: Arc<dyn Store>, keys: Keyring, cache_ttl: std::time::Duration) -> Grants {
-        Grants {
+impl Connections {
+    pub fn new(
+        store: Arc<dyn Store>,
+        keys: Keyring,
+        cache_ttl: std::time::Duration,
+    ) -> Connections {
+        Connections {
             store,
             keys,
             cache: Mutex::new(HashMap::new()),
@@ -176,7 +186,7 @@ impl Grants {
     /// The cached grant however old, trusted for another `cache_ttl`: used when the store
     /// cannot be reached, so requests with valid tokens keep flowing through an outage and
     /// only one request per TTL pays for finding the store down.
-    pub fn cached_stale(&self, id: &str) -> Option<Arc<Grant>> {
+    pub fn cached_stale(&self, id: &str) -> Option<Arc<Connection>> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let (grant, at) = cache.get_mut(id)?;
         *at = std::time::Instant::now();
@@ -184,13 +194,13 @@ impl Grants {
     }
 
     /// The cached grant if it was read within `cache_ttl`; the proxy's fast path (no I/O).
-    pub fn cached(&self, id: &str) -> Option<Arc<Grant>> {
+    pub fn cached(&self, id: &str) -> Option<Arc<Connection>> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let (grant, at) = cache.get(id)?;
         (at.elapsed() < self.cache_ttl).then(|| grant.clone())
     }
 
-    fn remember(&self, grant: Grant) -> Arc<Grant> {
+    fn remember(&self, grant: Connection) -> Arc<Connection> {
         let grant = Arc::new(grant);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         // Never replace a newer version of the same row with an older one (two readers
@@ -216,39 +226,40 @@ impl Grants {
     }
 
     /// Reads the row from the store, opens it and caches it.
-    pub async fn load(&self, id: &str) -> Result<Arc<Grant>, GrantError> {
+    pub async fn load(&self, id: &str) -> Result<Arc<Connection>, ConnectionError> {
         match self.store.get(id).await? {
             Some(row) => Ok(self.remember(self.open(&row)?)),
             None => {
                 self.forget(id);
-                Err(GrantError::NotFound(id.to_string()))
+                Err(ConnectionError::NotFound(id.to_string()))
             }
         }
     }
 
-    pub fn open(&self, row: &Row) -> Result<Grant, GrantError> {
-        let open = |field: &str, sealed: &Option<Vec<u8>>| -> Result<Option<Secret>, GrantError> {
-            sealed
-                .as_ref()
-                .map(|s| {
-                    self.keys
-                        .open(&row.key_id, &aad(&row.id, field), s)
-                        .map_err(|e| GrantError::Unreadable {
-                            id: row.id.clone(),
-                            why: e.to_string(),
-                        })
-                        .and_then(|p| {
-                            String::from_utf8(p)
-                                .map(Secret)
-                                .map_err(|_| GrantError::Unreadable {
-                                    id: row.id.clone(),
-                                    why: "token is not UTF-8".into(),
+    pub fn open(&self, row: &ConnectionRow) -> Result<Connection, ConnectionError> {
+        let open =
+            |field: &str, sealed: &Option<Vec<u8>>| -> Result<Option<Secret>, ConnectionError> {
+                sealed
+                    .as_ref()
+                    .map(|s| {
+                        self.keys
+                            .open(&row.key_id, &aad(&row.id, field), s)
+                            .map_err(|e| ConnectionError::Unreadable {
+                                id: row.id.clone(),
+                                why: e.to_string(),
+                            })
+                            .and_then(|p| {
+                                String::from_utf8(p).map(Secret).map_err(|_| {
+                                    ConnectionError::Unreadable {
+                                        id: row.id.clone(),
+                                        why: "token is not UTF-8".into(),
+                                    }
                                 })
-                        })
-                })
-                .transpose()
-        };
-        let unreadable = |why: &str| GrantError::Unreadable {
+                            })
+                    })
+                    .transpose()
+            };
+        let unreadable = |why: &str| ConnectionError::Unreadable {
             id: row.id.clone(),
             why: why.to_string(),
         };
@@ -260,7 +271,7 @@ impl Grants {
             ),
             None => None,
         };
-        Ok(Grant {
+        Ok(Connection {
             id: row.id.clone(),
             integration: row.integration.clone(),
             status: row.status,
@@ -278,7 +289,7 @@ impl Grants {
     }
 
     /// Seals a kind's secret into `row` (with the active key, like its tokens).
-    fn seal_secret(&self, row: &mut Row, held: Option<&Held>) {
+    fn seal_secret(&self, row: &mut ConnectionRow, held: Option<&Held>) {
         row.secret = held.map(|h| {
             let json = serde_json::to_string(h).expect("a credential serializes");
             self.keys.seal(&aad(&row.id, "secret"), json.as_bytes())
@@ -287,7 +298,7 @@ impl Grants {
 
     /// The admin API's view, with the credential's fingerprint (its secret, or for OAuth its
     /// refresh or access token) when it can be opened.
-    fn view_of(&self, row: &Row) -> ConnectionView {
+    fn view_of(&self, row: &ConnectionRow) -> ConnectionView {
         let mut v = view(row);
         let (field, sealed) = match (&row.secret, &row.refresh_token) {
             (Some(s), _) => ("secret", s),
@@ -310,7 +321,12 @@ impl Grants {
     }
 
     /// Seals `grant`'s tokens into `row` with the active key.
-    pub fn seal_into(&self, row: &mut Row, access: Option<&Secret>, refresh: Option<&Secret>) {
+    pub fn seal_into(
+        &self,
+        row: &mut ConnectionRow,
+        access: Option<&Secret>,
+        refresh: Option<&Secret>,
+    ) {
         // The kind's secret moves to the active key too: one key id per row.
         let held = self.open(row).ok().and_then(|g| g.held);
         row.key_id = self.keys.active_id().to_string();
@@ -333,13 +349,13 @@ impl Grants {
         id: &str,
         req: PutConnection,
         held: Option<Held>,
-    ) -> Result<ConnectionView, GrantError> {
+    ) -> Result<ConnectionView, ConnectionError> {
         validate_id(id)?;
         let now = now_ms();
         let c = &req.credentials;
         let kind = c.kind.unwrap_or_default();
         if kind == Kind::Oauth2 && c.access_token.is_none() && c.refresh_token.is_none() {
-            return Err(GrantError::Invalid(
+            return Err(ConnectionError::Invalid(
                 "credentials need an access_token or a refresh_token".into(),
             ));
         }
@@ -366,7 +382,7 @@ impl Grants {
         integration: &str,
         requested_scopes: &str,
         answer: &token::Answer<'_>,
-    ) -> Result<ConnectionView, GrantError> {
+    ) -> Result<ConnectionView, ConnectionError> {
         validate_id(id)?;
         let previous = self.store.get(id).await?;
         let kept_refresh = match &previous {
@@ -387,10 +403,10 @@ impl Grants {
     /// `created`, or `cause` when it was not active before.
     async fn replace(
         &self,
-        row: Row,
-        previous: Option<&Row>,
+        row: ConnectionRow,
+        previous: Option<&ConnectionRow>,
         cause: &str,
-    ) -> Result<ConnectionView, GrantError> {
+    ) -> Result<ConnectionView, ConnectionError> {
         let transition = match previous.map(|p| p.status) {
             Some(Status::Active) => None,
             from => Some(Transition {
@@ -414,7 +430,7 @@ impl Grants {
         id: &str,
         seen_version: i64,
         detail: serde_json::Value,
-    ) -> Result<bool, GrantError> {
+    ) -> Result<bool, ConnectionError> {
         let Some(row) = self.store.get(id).await? else {
             return Ok(false);
         };
@@ -446,21 +462,21 @@ impl Grants {
         Ok(paused)
     }
 
-    pub async fn view(&self, id: &str) -> Result<ConnectionView, GrantError> {
+    pub async fn view(&self, id: &str) -> Result<ConnectionView, ConnectionError> {
         let row = self
             .store
             .get(id)
             .await?
-            .ok_or_else(|| GrantError::NotFound(id.to_string()))?;
+            .ok_or_else(|| ConnectionError::NotFound(id.to_string()))?;
         Ok(self.view_of(&row))
     }
 
-    pub async fn list(&self, query: &ListQuery) -> Result<Vec<ConnectionView>, GrantError> {
+    pub async fn list(&self, query: &ListQuery) -> Result<Vec<ConnectionView>, ConnectionError> {
         let rows = self.store.list(query).await?;
         Ok(rows.iter().map(|r| self.view_of(r)).collect())
     }
 
-    pub async fn delete(&self, id: &str) -> Result<bool, GrantError> {
+    pub async fn delete(&self, id: &str) -> Result<bool, ConnectionError> {
         let deleted = self.store.delete(id).await?;
         self.forget(id);
         Ok(deleted)
@@ -468,10 +484,10 @@ impl Grants {
 }
 
 /// When imported tokens expire: `expires_in` seconds from `now`, or `expires_at`, or unknown.
-fn expiry(c: &Credentials, now: i64) -> Result<Option<i64>, GrantError> {
+fn expiry(c: &Credentials, now: i64) -> Result<Option<i64>, ConnectionError> {
     Ok(match (c.expires_in, &c.expires_at) {
         (Some(_), Some(_)) => {
-            return Err(GrantError::Invalid(
+            return Err(ConnectionError::Invalid(
                 "give credentials.expires_in or credentials.expires_at, not both".into(),
             ))
         }
@@ -479,13 +495,13 @@ fn expiry(c: &Credentials, now: i64) -> Result<Option<i64>, GrantError> {
             Some(now + secs * 1000)
         }
         (Some(_), None) => {
-            return Err(GrantError::Invalid(format!(
+            return Err(ConnectionError::Invalid(format!(
                 "credentials.expires_in must be 0 to {} seconds (ten years)",
                 token::MAX_LIFETIME_SECS
             )))
         }
         (None, Some(at)) => Some(parse_rfc3339(at).ok_or_else(|| {
-            GrantError::Invalid(
+            ConnectionError::Invalid(
                 "credentials.expires_at is not an RFC 3339 time (2026-11-22T06:40:47Z)".into(),
             )
         })?),
@@ -494,8 +510,13 @@ fn expiry(c: &Credentials, now: i64) -> Result<Option<i64>, GrantError> {
 }
 
 /// A fresh `active` row with no tokens, keeping `previous`'s creation time.
-fn active_row(id: &str, integration: &str, previous: Option<&Row>, now: i64) -> Row {
-    Row {
+fn active_row(
+    id: &str,
+    integration: &str,
+    previous: Option<&ConnectionRow>,
+    now: i64,
+) -> ConnectionRow {
+    ConnectionRow {
         id: id.to_string(),
         integration: integration.to_string(),
         status: Status::Active,
@@ -519,7 +540,7 @@ fn active_row(id: &str, integration: &str, previous: Option<&Row>, now: i64) -> 
 }
 
 /// Connection ids are chosen by the app; keep them to a safe, URL-friendly alphabet.
-pub fn validate_id(id: &str) -> Result<(), GrantError> {
+pub fn validate_id(id: &str) -> Result<(), ConnectionError> {
     let ok = !id.is_empty()
         && id.len() <= 200
         && id
@@ -528,13 +549,13 @@ pub fn validate_id(id: &str) -> Result<(), GrantError> {
     if ok {
         Ok(())
     } else {
-        Err(GrantError::Invalid(
+        Err(ConnectionError::Invalid(
             "connection ids are 1-200 characters of A-Z a-z 0-9 _ - . : @".into(),
         ))
     }
 }
 
-pub fn view(row: &Row) -> ConnectionView {
+pub fn view(row: &ConnectionRow) -> ConnectionView {
     ConnectionView {
         id: row.id.clone(),
         integration: row.integration.clone(),
@@ -563,7 +584,7 @@ mod tests {
     fn secrets_never_print() {
         let s = Secret::new("xoxb-very-secret");
         assert_eq!(format!("{s:?}"), "Secret(***)");
-        let g = Grant {
+        let g = Connection {
             id: "a".into(),
             integration: "slack".into(),
             status: Status::Active,
@@ -593,7 +614,7 @@ mod tests {
         }
     }
 
-    async fn grants() -> (tempfile::TempDir, Grants) {
+    async fn connections() -> (tempfile::TempDir, Connections) {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::sqlite::SqliteStore::open(
             &dir.path().join("g.db"),
@@ -602,9 +623,10 @@ mod tests {
         )
         .await
         .unwrap();
-        let keys = Keyring::new(crate::grants::crypto::EXAMPLE_KEY, &[]).unwrap();
-        let grants = Grants::new(Arc::new(store), keys, std::time::Duration::from_secs(2));
-        (dir, grants)
+        let keys = Keyring::new(crate::connections::crypto::EXAMPLE_KEY, &[]).unwrap();
+        let connections =
+            Connections::new(Arc::new(store), keys, std::time::Duration::from_secs(2));
+        (dir, connections)
     }
 
     fn fields(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
@@ -613,7 +635,7 @@ mod tests {
 
     #[tokio::test]
     async fn authorized_expiry_counts_from_our_clock_not_the_providers() {
-        let (_dir, g) = grants().await;
+        let (_dir, g) = connections().await;
         let now = now_ms();
         // A provider whose clock is a day ahead also sends absolute timestamps: ignored. Of
         // the extra fields only the one the rule file lists is kept (an id_token is a secret).

@@ -20,9 +20,9 @@ use super::mint;
 use super::revoke::{self, Revocation};
 use super::timing;
 use super::token::{self, Failure, OAuthClient, TokenResult};
-use super::{Grant, GrantError, Grants};
+use super::{Connection, ConnectionError, Connections};
 use crate::config::RefreshConfig;
-use crate::store::{LastError, Row, Status, Transition};
+use crate::store::{ConnectionRow, LastError, Status, Transition};
 use crate::time::now_ms;
 use crate::upstream::UpstreamClient;
 
@@ -35,7 +35,7 @@ pub enum Refreshed {
         version: i64,
         expires_at: Option<i64>,
         #[serde(skip)]
-        grant: Arc<Grant>,
+        grant: Arc<Connection>,
     },
     NeedsReauth {
         error: String,
@@ -56,7 +56,7 @@ pub enum Refreshed {
 }
 
 pub struct Refresher {
-    grants: Arc<Grants>,
+    connections: Arc<Connections>,
     client: UpstreamClient,
     clients: HashMap<String, OAuthClient>,
     config: RefreshConfig,
@@ -74,7 +74,7 @@ pub struct Refresher {
 impl Refresher {
     /// `runtime` is where refreshes run (the control runtime), whoever awaits them.
     pub fn new(
-        grants: Arc<Grants>,
+        connections: Arc<Connections>,
         client: UpstreamClient,
         clients: HashMap<String, OAuthClient>,
         config: RefreshConfig,
@@ -100,7 +100,7 @@ impl Refresher {
             rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
         Refresher {
-            grants,
+            connections,
             client,
             clients,
             config,
@@ -120,7 +120,7 @@ impl Refresher {
 
     /// Revokes connection `id`'s token at its provider (see [`super::revoke`]).
     pub async fn revoke(&self, id: &str) -> Revocation {
-        let grant = match self.grants.load(id).await {
+        let grant = match self.connections.load(id).await {
             Ok(g) => g,
             Err(e) => return Revocation::Failed(e.to_string()),
         };
@@ -141,7 +141,7 @@ impl Refresher {
 
     /// An operator's refresh: ignores a fresh token and any backoff.
     pub async fn force(self: &Arc<Self>, id: &str) -> Refreshed {
-        match self.grants.store.get(id).await {
+        match self.connections.store.get(id).await {
             Ok(Some(row)) => self.refresh_with(id, row.version, true, true).await,
             Ok(None) => Refreshed::NotFound,
             Err(e) => transient(e.to_string(), None),
@@ -201,7 +201,7 @@ impl Refresher {
             + 2 * self.config.lease.as_millis() as i64
             + self.config.token_timeout.as_millis() as i64;
         loop {
-            let row = match self.grants.store.get(id).await {
+            let row = match self.connections.store.get(id).await {
                 Ok(Some(row)) => row,
                 Ok(None) => return Refreshed::NotFound,
                 Err(e) => return transient(format!("{e}"), None),
@@ -211,7 +211,7 @@ impl Refresher {
                 return done;
             }
             if self
-                .grants
+                .connections
                 .store
                 .acquire_lease(
                     id,
@@ -247,13 +247,13 @@ impl Refresher {
     /// is paused, backing off, or cannot be refreshed. `None` means "go ahead".
     fn already_settled(
         &self,
-        row: &Row,
+        row: &ConnectionRow,
         seen_version: i64,
         now: i64,
         force: bool,
     ) -> Option<Refreshed> {
         let margin = self.config.expiry_margin.as_millis() as i64;
-        let grant = match self.grants.open(row) {
+        let grant = match self.connections.open(row) {
             Ok(g) => g,
             Err(e) => {
                 return Some(Refreshed::Impossible {
@@ -264,13 +264,13 @@ impl Refresher {
         if row.status == Status::NeedsReauth {
             // Another process may have paused it: let this process's cache know, so its
             // requests stop reaching the provider too.
-            self.grants.remember(grant);
+            self.connections.remember(grant);
             return Some(Refreshed::NeedsReauth {
                 error: last_code(row),
             });
         }
         if row.version > seen_version && row.status == Status::Active && grant.fresh(now, margin) {
-            let grant = self.grants.remember(grant);
+            let grant = self.connections.remember(grant);
             return Some(Refreshed::Ok {
                 version: row.version,
                 expires_at: row.expires_at,
@@ -318,22 +318,22 @@ impl Refresher {
     ) -> Refreshed {
         // Re-read under the lease: another process may have refreshed and released its lease
         // between our read and our lease. Its token is then used, not refreshed again.
-        let row = match self.grants.store.get(id).await {
+        let row = match self.connections.store.get(id).await {
             Ok(Some(row)) => row,
             Ok(None) => return Refreshed::NotFound,
             Err(e) => {
-                let _ = self.grants.store.release_lease(id, owner).await;
+                let _ = self.connections.store.release_lease(id, owner).await;
                 return transient(e.to_string(), None);
             }
         };
         if let Some(settled) = self.already_settled(&row, seen_version, now_ms(), force) {
-            let _ = self.grants.store.release_lease(id, owner).await;
+            let _ = self.connections.store.release_lease(id, owner).await;
             return settled;
         }
-        let grant = match self.grants.open(&row) {
+        let grant = match self.connections.open(&row) {
             Ok(g) => g,
             Err(e) => {
-                let _ = self.grants.store.release_lease(id, owner).await;
+                let _ = self.connections.store.release_lease(id, owner).await;
                 return Refreshed::Impossible {
                     error: e.to_string(),
                 };
@@ -345,7 +345,7 @@ impl Refresher {
         self.store_result(row, grant, result, client).await
     }
 
-    async fn call_token_endpoint(&self, client: &OAuthClient, grant: &Grant) -> TokenResult {
+    async fn call_token_endpoint(&self, client: &OAuthClient, grant: &Connection) -> TokenResult {
         self.token_calls.fetch_add(1, Ordering::Relaxed);
         let renewal = match mint::renewal(client, grant, now_ms()) {
             Ok(r) => r,
@@ -371,8 +371,8 @@ impl Refresher {
     /// `client`: whose rule file says which token-answer fields are kept as metadata.
     async fn store_result(
         &self,
-        row: Row,
-        grant: Grant,
+        row: ConnectionRow,
+        grant: Connection,
         result: TokenResult,
         client: &OAuthClient,
     ) -> Refreshed {
@@ -383,12 +383,12 @@ impl Refresher {
         log_outcome(&row, &next, transition.as_ref());
         match outcome {
             Some(o) => {
-                self.grants.forget(&row.id);
+                self.connections.forget(&row.id);
                 o
             }
-            None => match self.grants.open(&next) {
+            None => match self.connections.open(&next) {
                 Ok(g) => {
-                    let g = self.grants.remember(g);
+                    let g = self.connections.remember(g);
                     Refreshed::Ok {
                         version: next.version,
                         expires_at: next.expires_at,
@@ -406,15 +406,15 @@ impl Refresher {
     /// what the caller is told unless the new tokens are opened (`None`).
     fn decide(
         &self,
-        row: &Row,
-        grant: &Grant,
+        row: &ConnectionRow,
+        grant: &Connection,
         result: TokenResult,
         client: &OAuthClient,
         now: i64,
-    ) -> (Row, Option<Transition>, Option<Refreshed>) {
+    ) -> (ConnectionRow, Option<Transition>, Option<Refreshed>) {
         // A minted token has no user behind it: a rejected grant is the operator's to fix.
         let result = match result {
-            TokenResult::Grant(f) if grant.kind.minted() => TokenResult::Config(f),
+            TokenResult::Connection(f) if grant.kind.minted() => TokenResult::Config(f),
             other => other,
         };
         let mut next = row.clone();
@@ -433,7 +433,7 @@ impl Refresher {
                     received: now,
                 };
                 token::apply_tokens(
-                    &self.grants,
+                    &self.connections,
                     &mut next,
                     &answer,
                     grant.refresh_token.as_ref(),
@@ -446,7 +446,7 @@ impl Refresher {
                 });
                 outcome = None;
             }
-            TokenResult::Grant(f) => {
+            TokenResult::Connection(f) => {
                 next.status = Status::NeedsReauth;
                 next.last_error = Some(last_error(&f, "invalid_grant", now));
                 transition = Some(failed_transition(row.status, Status::NeedsReauth, &f));
@@ -486,14 +486,14 @@ impl Refresher {
     /// replaced the row meanwhile (theirs wins, and is what the caller gets).
     async fn write(
         &self,
-        row: &Row,
-        next: &Row,
+        row: &ConnectionRow,
+        next: &ConnectionRow,
         transition: Option<Transition>,
     ) -> Result<(), Refreshed> {
         let mut delay = Duration::from_millis(50);
         loop {
             match self
-                .grants
+                .connections
                 .store
                 .cas(next, row.version, transition.clone())
                 .await
@@ -501,7 +501,7 @@ impl Refresher {
                 Ok(true) => return Ok(()),
                 // Someone replaced the row (a PUT) while we held the lease: theirs wins.
                 Ok(false) => {
-                    return Err(match self.grants.load(&row.id).await {
+                    return Err(match self.connections.load(&row.id).await {
                         Ok(g) => Refreshed::Ok {
                             version: g.version,
                             expires_at: g.expires_at,
@@ -533,7 +533,7 @@ impl Refresher {
         loop {
             let now = now_ms();
             let horizon = now + self.config.window_max.as_millis() as i64;
-            match self.grants.store.due(now, horizon, 500).await {
+            match self.connections.store.due(now, horizon, 500).await {
                 Ok(rows) => {
                     for row in rows {
                         // Each connection gets its own threshold within the window (jitter), so a
@@ -573,7 +573,7 @@ fn transient(error: String, retry_at: Option<i64>) -> Refreshed {
     Refreshed::Transient { error, retry_at }
 }
 
-fn last_code(row: &Row) -> String {
+fn last_code(row: &ConnectionRow) -> String {
     row.last_error
         .as_ref()
         .map_or_else(|| row.status.as_str().to_string(), |e| e.class.clone())
@@ -601,7 +601,7 @@ fn failed_transition(from: Status, to: Status, f: &Failure) -> Transition {
     }
 }
 
-fn log_outcome(row: &Row, next: &Row, transition: Option<&Transition>) {
+fn log_outcome(row: &ConnectionRow, next: &ConnectionRow, transition: Option<&Transition>) {
     match transition {
         Some(t) => {
             tracing::warn!(connection = %row.id, integration = %row.integration, from = %row.status, to = %t.to, cause = %t.cause, "connection status changed")
@@ -621,10 +621,10 @@ fn jitter(below: i64) -> i64 {
     (u64::from_le_bytes(b) % below.max(1) as u64) as i64
 }
 
-impl From<GrantError> for Refreshed {
-    fn from(e: GrantError) -> Self {
+impl From<ConnectionError> for Refreshed {
+    fn from(e: ConnectionError) -> Self {
         match e {
-            GrantError::NotFound(_) => Refreshed::NotFound,
+            ConnectionError::NotFound(_) => Refreshed::NotFound,
             other => transient(other.to_string(), None),
         }
     }

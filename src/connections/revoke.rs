@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 
 use super::credential::Held;
 use super::token::{form_request, OAuthClient};
-use super::Grant;
+use super::Connection;
 use crate::upstream::UpstreamClient;
 
 /// What happened at the provider.
@@ -40,7 +40,7 @@ impl Revocation {
 pub async fn revoke(
     http: &UpstreamClient,
     client: Option<&OAuthClient>,
-    grant: &Grant,
+    grant: &Connection,
     timeout: Duration,
 ) -> Revocation {
     let Some(client) = client else {
