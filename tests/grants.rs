@@ -317,6 +317,19 @@ async fn the_proactive_loop_refreshes_before_expiry_without_traffic() {
     assert_eq!(p.api_calls.load(Ordering::SeqCst), 0);
 }
 
+/// A request on `acct_1` every 20 ms for `how_long`, each answered 200; how many were sent.
+async fn steady_traffic(g: &Grantd, how_long: Duration) -> usize {
+    let started = tokio::time::Instant::now();
+    let mut requests = 0;
+    while started.elapsed() < how_long {
+        assert_eq!(call(g, "acct_1").await.status, 200);
+        requests += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(requests > 50);
+    requests
+}
+
 /// Regression (issue 14): a token that lives less than `refresh.expiry_margin` was refreshed on
 /// every request. With the default margin and window and 3-second tokens, a connection under
 /// steady traffic is renewed about once per half lifetime, never on every request.
@@ -327,14 +340,7 @@ async fn three_second_tokens_are_renewed_about_once_per_half_lifetime() {
     p.set_lifetime(Duration::from_secs(3));
     let g = start(&p, "refresh: { scan_interval: 100ms }\n");
     put_expired(&g, "acct_1", "rt-0").await;
-    let started = tokio::time::Instant::now();
-    let mut requests = 0;
-    while started.elapsed() < Duration::from_secs(6) {
-        assert_eq!(call(&g, "acct_1").await.status, 200);
-        requests += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(requests > 50);
+    let requests = steady_traffic(&g, Duration::from_secs(6)).await;
     // At most one renewal per 1.5 s (half of 3 s) over 6 s, plus the first: 40 a minute.
     let calls = p.calls();
     assert!(
@@ -350,14 +356,7 @@ async fn steady_traffic_on_short_lived_tokens_never_sees_a_provider_401() {
     p.set_lifetime(Duration::from_secs(2));
     let g = start(&p, "refresh: { window_min: 500ms, window_max: 1s, scan_interval: 100ms, expiry_margin: 200ms }\n");
     put_expired(&g, "acct_1", "rt-0").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
-    let mut requests = 0;
-    while tokio::time::Instant::now() < deadline {
-        assert_eq!(call(&g, "acct_1").await.status, 200);
-        requests += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(requests > 50);
+    steady_traffic(&g, Duration::from_secs(6)).await;
     assert_eq!(
         p.api_rejections.load(Ordering::SeqCst),
         0,

@@ -517,25 +517,8 @@ fn active_row(
     now: i64,
 ) -> ConnectionRow {
     ConnectionRow {
-        id: id.to_string(),
-        integration: integration.to_string(),
-        status: Status::Active,
-        key_id: String::new(),
-        access_token: None,
-        refresh_token: None,
-        kind: Kind::Oauth2.as_str().to_string(),
-        secret: None,
-        expires_at: None,
-        scopes: String::new(),
-        metadata: serde_json::json!({}),
-        version: 0,
-        lease_owner: None,
-        lease_until: None,
-        refresh_failures: 0,
-        next_attempt_at: None,
-        last_error: None,
         created_at: previous.map_or(now, |p| p.created_at),
-        updated_at: now,
+        ..ConnectionRow::new(id, integration, now)
     }
 }
 

@@ -198,25 +198,10 @@ mod tests {
 
     fn row() -> ConnectionRow {
         ConnectionRow {
-            id: "c1".into(),
-            integration: "slack".into(),
-            status: Status::Active,
             key_id: "k1".into(),
-            access_token: None,
-            refresh_token: None,
-            kind: "oauth2".into(),
-            secret: None,
-            expires_at: None,
-            scopes: String::new(),
             metadata: Value::Null,
             version: 1,
-            lease_owner: None,
-            lease_until: None,
-            refresh_failures: 0,
-            next_attempt_at: None,
-            last_error: None,
-            created_at: 0,
-            updated_at: 0,
+            ..ConnectionRow::new("c1", "slack", 0)
         }
     }
 

@@ -100,6 +100,33 @@ pub struct ConnectionRow {
     pub updated_at: i64,
 }
 
+impl ConnectionRow {
+    /// A new `active` `oauth2` row with nothing in it yet, created and updated `now`.
+    pub fn new(id: &str, integration: &str, now: i64) -> ConnectionRow {
+        ConnectionRow {
+            id: id.to_string(),
+            integration: integration.to_string(),
+            status: Status::Active,
+            key_id: String::new(),
+            access_token: None,
+            refresh_token: None,
+            kind: "oauth2".into(),
+            secret: None,
+            expires_at: None,
+            scopes: String::new(),
+            metadata: serde_json::json!({}),
+            version: 0,
+            lease_owner: None,
+            lease_until: None,
+            refresh_failures: 0,
+            next_attempt_at: None,
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// A status change and why, recorded with the write that makes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transition {

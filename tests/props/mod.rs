@@ -22,7 +22,7 @@ use grantd::rules::check::evaluate_captured;
 use grantd::rules::engine::Cancel;
 use grantd::rules::file::{self, CapturedResponse, RequestSpec};
 use grantd::rules::{default_budget, Action, Endpoint, Facts, Outcome, RuleSet};
-use grantd::store::{ConnectionRow, Status};
+use grantd::store::ConnectionRow;
 
 pub const SHIPPED: [(&str, &str); 6] = [
     ("github", include_str!("../../rules/github.yaml")),
@@ -399,27 +399,7 @@ fn connections() -> &'static Connections {
 }
 
 fn blank_row() -> ConnectionRow {
-    ConnectionRow {
-        id: "c1".into(),
-        integration: "fz".into(),
-        status: Status::Active,
-        key_id: String::new(),
-        access_token: None,
-        refresh_token: None,
-        kind: "oauth2".into(),
-        secret: None,
-        expires_at: None,
-        scopes: String::new(),
-        metadata: json!({}),
-        version: 0,
-        lease_owner: None,
-        lease_until: None,
-        refresh_failures: 0,
-        next_attempt_at: None,
-        last_error: None,
-        created_at: 0,
-        updated_at: 0,
-    }
+    ConnectionRow::new("c1", "fz", 0)
 }
 
 pub fn variant(r: &TokenResult) -> &'static str {
