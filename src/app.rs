@@ -67,10 +67,11 @@ impl App {
             .clone()
             .map(|l| l as Arc<dyn crate::callbacks::body::ReconnectLinks>);
         let store = control.block_on(open_store(&config.store, outbox))?;
-        let connections = Arc::new(Connections::new(
+        let connections = Arc::new(Connections::with_cache(
             store.clone(),
             keys,
             config.store.cache_ttl,
+            config.store.cache_size.0 as u64,
         ));
         let clients = oauth_clients(config, &rule_sets)?;
         let tls = upstream::tls_config(&config.upstream)?;

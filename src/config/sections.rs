@@ -116,6 +116,9 @@ pub struct StoreConfig {
     /// the longest another replica's change (delete, pause, new credentials) goes unseen here.
     #[serde(with = "humantime_serde", default = "d2")]
     pub cache_ttl: Duration,
+    /// The in-memory cache's bound, in bytes; least recently used connections go first.
+    #[serde(default = "default_cache_size")]
+    pub cache_size: ByteSize,
 }
 
 impl Default for StoreConfig {
@@ -126,6 +129,7 @@ impl Default for StoreConfig {
             url: None,
             schema: None,
             cache_ttl: d2(),
+            cache_size: default_cache_size(),
         }
     }
 }
@@ -569,4 +573,7 @@ pub(super) fn default_max_depth() -> usize {
 }
 pub(super) fn default_max_sequence() -> usize {
     100_000
+}
+pub(super) fn default_cache_size() -> ByteSize {
+    ByteSize(32 << 20)
 }

@@ -20,8 +20,7 @@ pub mod revoke;
 pub mod timing;
 pub mod token;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -155,14 +154,35 @@ pub enum ConnectionError {
     Store(#[from] StoreError),
 }
 
+/// The cache's default bound: 32 MiB, some 30,000 connections.
+pub const DEFAULT_CACHE_BYTES: u64 = 32 << 20;
+
 /// Access to connections, shared by the proxy, the admin API and the refresher.
 pub struct Connections {
     store: Arc<dyn Store>,
     keys: Keyring,
     /// Connections as last read, with when: the proxy's fast path. Entries older than `cache_ttl`
-    /// are read again, so a change made by another process is seen within that time.
-    cache: Mutex<HashMap<String, (Arc<Connection>, std::time::Instant)>>,
+    /// are read again, so a change made by another process is seen within that time. Bounded
+    /// in bytes (`store.cache_size`), least recently used out first; sharded, so the request
+    /// path takes no global lock.
+    cache: moka::sync::Cache<String, Cached>,
     cache_ttl: std::time::Duration,
+}
+
+/// A cached connection and when it was read.
+#[derive(Clone)]
+struct Cached(Arc<Connection>, std::time::Instant);
+
+/// What an entry costs the cache, roughly in bytes: its strings and a fixed overhead.
+#[allow(clippy::ptr_arg)] // moka's weigher signature takes the key as stored
+fn weight(id: &String, c: &Cached) -> u32 {
+    let c = &c.0;
+    let secrets = [&c.access_token, &c.refresh_token]
+        .iter()
+        .map(|s| s.as_ref().map_or(0, |s| s.expose().len()))
+        .sum::<usize>();
+    let size = 2 * id.len() + secrets + c.scopes.len() + c.metadata.to_string().len() + 512;
+    u32::try_from(size).unwrap_or(u32::MAX)
 }
 
 fn aad(id: &str, field: &str) -> String {
@@ -175,54 +195,68 @@ impl Connections {
         keys: Keyring,
         cache_ttl: std::time::Duration,
     ) -> Connections {
+        Connections::with_cache(store, keys, cache_ttl, DEFAULT_CACHE_BYTES)
+    }
+
+    /// `cache_bytes`: the cache's bound (`store.cache_size`).
+    pub fn with_cache(
+        store: Arc<dyn Store>,
+        keys: Keyring,
+        cache_ttl: std::time::Duration,
+        cache_bytes: u64,
+    ) -> Connections {
         Connections {
             store,
             keys,
-            cache: Mutex::new(HashMap::new()),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(cache_bytes)
+                .weigher(weight)
+                .build(),
             cache_ttl,
         }
     }
 
-    /// The cached grant however old, trusted for another `cache_ttl`: used when the store
+    /// The cached connection however old, trusted for another `cache_ttl`: used when the store
     /// cannot be reached, so requests with valid tokens keep flowing through an outage and
     /// only one request per TTL pays for finding the store down.
     pub fn cached_stale(&self, id: &str) -> Option<Arc<Connection>> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let (grant, at) = cache.get_mut(id)?;
-        *at = std::time::Instant::now();
-        Some(grant.clone())
+        let Cached(conn, _) = self.cache.get(id)?;
+        self.cache.insert(
+            id.to_string(),
+            Cached(conn.clone(), std::time::Instant::now()),
+        );
+        Some(conn)
     }
 
-    /// The cached grant if it was read within `cache_ttl`; the proxy's fast path (no I/O).
+    /// The cached connection if it was read within `cache_ttl`; the proxy's fast path (no I/O).
     pub fn cached(&self, id: &str) -> Option<Arc<Connection>> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let (grant, at) = cache.get(id)?;
-        (at.elapsed() < self.cache_ttl).then(|| grant.clone())
+        let Cached(conn, at) = self.cache.get(id)?;
+        (at.elapsed() < self.cache_ttl).then_some(conn)
     }
 
-    fn remember(&self, grant: Connection) -> Arc<Connection> {
-        let grant = Arc::new(grant);
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+    fn remember(&self, conn: Connection) -> Arc<Connection> {
+        use moka::ops::compute::Op;
+        let conn = Arc::new(conn);
+        let mut kept = conn.clone();
         // Never replace a newer version of the same row with an older one (two readers
-        // racing); a row deleted and created again starts over, so it always replaces.
-        match cache.get(&grant.id) {
-            Some((have, _))
-                if have.created_at == grant.created_at && have.version > grant.version =>
-            {
-                have.clone()
+        // racing; the entry's lock serializes them); a row deleted and created again starts
+        // over, so it always replaces.
+        self.cache.entry(conn.id.clone()).and_compute_with(|have| {
+            match have.map(|e| e.into_value()) {
+                Some(Cached(have, at))
+                    if have.created_at == conn.created_at && have.version > conn.version =>
+                {
+                    kept = have.clone();
+                    Op::Put(Cached(have, at))
+                }
+                _ => Op::Put(Cached(conn.clone(), std::time::Instant::now())),
             }
-            _ => {
-                cache.insert(grant.id.clone(), (grant.clone(), std::time::Instant::now()));
-                grant
-            }
-        }
+        });
+        kept
     }
 
     fn forget(&self, id: &str) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        self.cache.invalidate(id);
     }
 
     /// Reads the row from the store, opens it and caches it.
@@ -610,6 +644,31 @@ mod tests {
         let connections =
             Connections::new(Arc::new(store), keys, std::time::Duration::from_secs(2));
         (dir, connections)
+    }
+
+    /// Regression (issue 14): the cache grew with every connection ever seen.
+    #[tokio::test]
+    async fn the_cache_stays_within_its_byte_bound_and_keeps_recent_connections() {
+        let (_dir, plenty) = connections().await;
+        let bound = 64 * 1024;
+        let c = Connections::with_cache(plenty.store.clone(), plenty.keys, plenty.cache_ttl, bound);
+        let open = |i: usize| {
+            let mut row = ConnectionRow::new(&format!("conn_{i}"), "slack", 0);
+            row.version = 1;
+            c.open(&row).unwrap()
+        };
+        for i in 0..2_000 {
+            c.remember(open(i));
+        }
+        c.cache.run_pending_tasks();
+        assert!(
+            c.cache.weighted_size() <= bound,
+            "{} bytes",
+            c.cache.weighted_size()
+        );
+        assert!(c.cache.entry_count() < 2_000);
+        c.remember(open(5_000));
+        assert!(c.cached("conn_5000").is_some(), "the newest is kept");
     }
 
     fn fields(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {

@@ -468,11 +468,20 @@ pub fn oauth_clients(
                     .filter(|s| !s.is_empty())
                     .map(Secret::new),
                 rules: Arc::new(set.clone()),
-                eval: config.evaluation.clone(),
+                eval: token_budget(&config.evaluation),
             },
         );
     }
     Ok(out)
+}
+
+/// The limits token rules run under: the configured ones, but at least the rule-test budget's
+/// time. Token responses are rare, and one misread under load (a rule cut off by the clock)
+/// would cost a retry cycle, so they get at least a second; depth and length limits stay.
+fn token_budget(configured: &EvaluationConfig) -> EvaluationConfig {
+    let mut eval = configured.clone();
+    eval.timeout = eval.timeout.max(crate::rules::default_budget().timeout);
+    eval
 }
 
 impl OAuthClient {
