@@ -15,6 +15,7 @@ pub mod assertion;
 pub mod credential;
 pub mod crypto;
 pub mod mint;
+mod proactive;
 pub mod refresh;
 pub mod revoke;
 pub mod timing;

@@ -18,7 +18,6 @@ use tokio::sync::{OnceCell, Semaphore};
 use super::credential::Kind;
 use super::mint;
 use super::revoke::{self, Revocation};
-use super::timing;
 use super::token::{self, Failure, OAuthClient, TokenResult};
 use super::{Connection, ConnectionError, Connections};
 use crate::config::RefreshConfig;
@@ -56,18 +55,20 @@ pub enum Refreshed {
 }
 
 pub struct Refresher {
-    connections: Arc<Connections>,
+    pub(super) connections: Arc<Connections>,
     client: UpstreamClient,
     clients: HashMap<String, OAuthClient>,
-    config: RefreshConfig,
-    runtime: tokio::runtime::Handle,
+    pub(super) config: RefreshConfig,
+    pub(super) runtime: tokio::runtime::Handle,
     process: String,
     flight_seq: AtomicU64,
     flights: Mutex<HashMap<String, Arc<OnceCell<Refreshed>>>>,
     caps: HashMap<String, Arc<Semaphore>>,
     /// Per integration, the proactive loop's own budget (kept apart from `caps`, which the
     /// refresh itself takes).
-    proactive: HashMap<String, Arc<Semaphore>>,
+    pub(super) proactive: HashMap<String, Arc<Semaphore>>,
+    /// Connections the proactive loop has started on and not finished.
+    pub(super) queued: Mutex<std::collections::HashSet<String>>,
     token_calls: AtomicU64,
 }
 
@@ -110,6 +111,7 @@ impl Refresher {
             flights: Mutex::new(HashMap::new()),
             caps,
             proactive,
+            queued: Mutex::new(std::collections::HashSet::new()),
             token_calls: AtomicU64::new(0),
         }
     }
@@ -151,7 +153,7 @@ impl Refresher {
     /// `wait`: whether to wait for a lease held elsewhere (requests do; the proactive loop
     /// does not: another replica is on it, or the fleet is at its cap, and the next scan
     /// tries again).
-    async fn refresh_with(
+    pub(super) async fn refresh_with(
         self: &Arc<Self>,
         id: &str,
         seen_version: i64,
@@ -526,47 +528,6 @@ impl Refresher {
         let ceiling = base.saturating_mul(1 << failures.clamp(0, 20)).min(cap);
         ceiling / 2 + jitter(ceiling / 2 + 1)
     }
-
-    /// The proactive loop: refresh connections that will expire within the window, before
-    /// any request sees an expired token. Runs until the process stops.
-    pub async fn run_proactive(self: Arc<Self>) {
-        loop {
-            let now = now_ms();
-            let horizon = now + self.config.window_max.as_millis() as i64;
-            match self.connections.store.due(now, horizon, 500).await {
-                Ok(rows) => {
-                    for row in rows {
-                        // Each connection gets its own threshold within the window (jitter), so a
-                        // fleet created at once does not refresh at once.
-                        let configured = (
-                            self.config.window_min.as_millis() as i64,
-                            self.config.window_max.as_millis() as i64,
-                        );
-                        let (min, max) = timing::window(configured, row.updated_at, row.expires_at);
-                        let threshold = min + jitter(max - min + 1);
-                        if row.expires_at.is_none_or(|e| e - now > threshold) {
-                            continue;
-                        }
-                        // At most `cap` proactive attempts per integration in flight here: when
-                        // the fleet is at its cap, a scan must not try a lease for every due row.
-                        let Some(budget) = self.proactive.get(&row.integration) else {
-                            continue;
-                        };
-                        let Ok(permit) = budget.clone().try_acquire_owned() else {
-                            continue;
-                        };
-                        let me = self.clone();
-                        self.runtime.spawn(async move {
-                            let _ = me.refresh_with(&row.id, row.version, false, false).await;
-                            drop(permit);
-                        });
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "proactive refresh scan failed"),
-            }
-            tokio::time::sleep(self.config.scan_interval).await;
-        }
-    }
 }
 
 fn transient(error: String, retry_at: Option<i64>) -> Refreshed {
@@ -615,7 +576,7 @@ fn log_outcome(row: &ConnectionRow, next: &ConnectionRow, transition: Option<&Tr
     }
 }
 
-fn jitter(below: i64) -> i64 {
+pub(super) fn jitter(below: i64) -> i64 {
     let mut b = [0u8; 8];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     (u64::from_le_bytes(b) % below.max(1) as u64) as i64
