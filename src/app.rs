@@ -19,10 +19,11 @@ use crate::config::Config;
 use crate::connect::link::Links;
 use crate::connect::public::Public;
 use crate::connect::Connect;
+use crate::connections::client::oauth_clients;
 use crate::connections::credential::Accepts;
 use crate::connections::crypto::Keyring;
 use crate::connections::refresh::Refresher;
-use crate::connections::token::{oauth_clients, OAuthClient};
+use crate::connections::token::OAuthClient;
 use crate::connections::Connections;
 use crate::proxy::ConnectionPolicy;
 use crate::proxy::Proxy;
@@ -52,13 +53,7 @@ pub struct App {
 impl App {
     pub fn start(config: &Config, rule_sets: BTreeMap<String, RuleSet>) -> anyhow::Result<App> {
         let (keys, connect_keys) = keyrings(config)?;
-        // The control runtime: store, refresher, admin, connect, callbacks. Proxy workers
-        // have their own runtimes (see `spawn_workers`).
-        let control = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("grantd-control")
-            .enable_all()
-            .build()?;
+        let control = control_runtime()?;
         let outbox =
             crate::callbacks::deliver::outbox(&config.callbacks).map_err(anyhow::Error::msg)?;
         let links = Links::new(connect_keys.clone(), &config.connect).map(Arc::new);
@@ -87,12 +82,7 @@ impl App {
             connections.clone(),
             store.clone(),
             upstream::client(&config.upstream, tls.clone()),
-            // The authorization-code flow needs a configured client id.
-            clients
-                .iter()
-                .filter(|(_, c)| c.configured())
-                .map(|(n, c)| (n.clone(), c.clone()))
-                .collect(),
+            configured(&clients),
             connect_keys,
             links,
             config,
@@ -117,20 +107,15 @@ impl App {
         };
         let connect_addr = serve_public(config, &connect, &control, &stop_rx)?;
         control.spawn(refresher.clone().run_proactive());
-        let callback_client = upstream::client(&config.upstream, tls);
         let deliverer = Deliverer::new(
             store.clone(),
-            callback_client,
+            upstream::client(&config.upstream, tls),
             &config.callbacks,
             reconnect_links,
-        )
-        .map_err(anyhow::Error::msg)?;
-        control.spawn(Arc::new(deliverer).run());
+        );
+        control.spawn(Arc::new(deliverer.map_err(anyhow::Error::msg)?).run());
 
-        let listeners = bind_workers(config.listen, config.workers)
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let proxy_addr = listeners[0].local_addr()?;
-        let workers = spawn_workers(&proxy, listeners, &stop_rx)?;
+        let (proxy_addr, workers) = spawn_workers(config, &proxy, &stop_rx)?;
         let integrations: Vec<&str> = proxy.integrations().collect();
         tracing::info!(listen = %proxy_addr, admin = ?admin_addr, workers = config.workers, integrations = ?integrations, "grantd proxy listening");
         Ok(App {
@@ -170,6 +155,25 @@ impl Drop for App {
             control.shutdown_background();
         }
     }
+}
+
+/// The control runtime: store, refresher, admin, connect, callbacks. Proxy workers have their
+/// own runtimes (see `spawn_workers`).
+fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("grantd-control")
+        .enable_all()
+        .build()
+}
+
+/// The clients the authorization-code flow can use: those with a configured client id.
+fn configured(clients: &HashMap<String, OAuthClient>) -> HashMap<String, OAuthClient> {
+    clients
+        .iter()
+        .filter(|(_, c)| c.configured())
+        .map(|(n, c)| (n.clone(), c.clone()))
+        .collect()
 }
 
 /// The encryption keys, twice: one for the tokens (`grants`), one for connect states and links.
@@ -288,13 +292,18 @@ fn bind(
         .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
-/// One thread per proxy listener, each with its own single-threaded runtime, serving until
-/// `stop` turns true.
+/// One thread per proxy listener (`workers`, bound with `SO_REUSEPORT`), each with its own
+/// single-threaded runtime, serving until `stop` turns true.
+type Workers = Vec<std::thread::JoinHandle<anyhow::Result<()>>>;
+
 fn spawn_workers(
+    config: &Config,
     proxy: &Arc<Proxy>,
-    listeners: Vec<std::net::TcpListener>,
     stop: &watch::Receiver<bool>,
-) -> anyhow::Result<Vec<std::thread::JoinHandle<anyhow::Result<()>>>> {
+) -> anyhow::Result<(SocketAddr, Workers)> {
+    let listeners = bind_workers(config.listen, config.workers)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let proxy_addr = listeners[0].local_addr()?;
     let mut workers = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let (proxy, mut stop) = (proxy.clone(), stop.clone());
@@ -319,7 +328,7 @@ fn spawn_workers(
                 })?,
         );
     }
-    Ok(workers)
+    Ok((proxy_addr, workers))
 }
 
 /// SQLite by default; PostgreSQL (fleet mode) when `store.url` is given.

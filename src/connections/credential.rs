@@ -189,6 +189,11 @@ pub fn check(
             kind.as_str()
         ));
     }
+    secret_for(kind, c, accepts)
+}
+
+/// The secret a `PUT` gives for `kind`, each field checked (fields already known to belong).
+fn secret_for(kind: Kind, c: &Credentials, accepts: &Accepts) -> Result<Option<Held>, String> {
     let need = |name: &str, v: Option<&str>| -> Result<String, String> {
         let v =
             v.ok_or_else(|| format!("credentials.{name} is required for `{}`", kind.as_str()))?;

@@ -12,6 +12,8 @@
 //! app (that is `proxy` and `admin`) and must never put a token in a log line, an error or a view.
 
 pub mod assertion;
+mod cache;
+pub mod client;
 pub mod credential;
 pub mod crypto;
 pub mod mint;
@@ -20,13 +22,17 @@ pub mod refresh;
 pub mod revoke;
 pub mod timing;
 pub mod token;
+mod view;
+
+pub use cache::DEFAULT_CACHE_BYTES;
+pub use view::{view, ConnectionView};
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::store::{ConnectionRow, ListQuery, Status, Store, StoreError, Transition};
-use crate::time::{now_ms, parse_rfc3339, rfc3339};
+use crate::time::{now_ms, parse_rfc3339};
 use credential::{Held, Kind};
 use crypto::Keyring;
 
@@ -87,28 +93,6 @@ impl Connection {
     }
 }
 
-/// What the admin API shows of a connection: status and facts, never a token.
-#[derive(Debug, Clone, Serialize)]
-pub struct ConnectionView {
-    pub id: String,
-    pub integration: String,
-    pub status: Status,
-    pub version: i64,
-    pub kind: Kind,
-    /// Tells two credentials apart without showing either (`fp-1a2b3c4d`).
-    pub fingerprint: Option<String>,
-    pub has_access_token: bool,
-    pub has_refresh_token: bool,
-    pub expires_at: Option<String>,
-    pub scopes: Vec<String>,
-    pub metadata: serde_json::Value,
-    pub refresh_failures: i64,
-    pub next_attempt_at: Option<String>,
-    pub last_error: Option<crate::store::LastError>,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
 /// `PUT /v1/connections/{id}`: the app imports tokens it obtained itself.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,9 +139,6 @@ pub enum ConnectionError {
     Store(#[from] StoreError),
 }
 
-/// The cache's default bound: 32 MiB, some 30,000 connections.
-pub const DEFAULT_CACHE_BYTES: u64 = 32 << 20;
-
 /// Access to connections, shared by the proxy, the admin API and the refresher.
 pub struct Connections {
     store: Arc<dyn Store>,
@@ -166,24 +147,8 @@ pub struct Connections {
     /// are read again, so a change made by another process is seen within that time. Bounded
     /// in bytes (`store.cache_size`), least recently used out first; sharded, so the request
     /// path takes no global lock.
-    cache: moka::sync::Cache<String, Cached>,
+    cache: moka::sync::Cache<String, cache::Cached>,
     cache_ttl: std::time::Duration,
-}
-
-/// A cached connection and when it was read.
-#[derive(Clone)]
-struct Cached(Arc<Connection>, std::time::Instant);
-
-/// What an entry costs the cache, roughly in bytes: its strings and a fixed overhead.
-#[allow(clippy::ptr_arg)] // moka's weigher signature takes the key as stored
-fn weight(id: &String, c: &Cached) -> u32 {
-    let c = &c.0;
-    let secrets = [&c.access_token, &c.refresh_token]
-        .iter()
-        .map(|s| s.as_ref().map_or(0, |s| s.expose().len()))
-        .sum::<usize>();
-    let size = 2 * id.len() + secrets + c.scopes.len() + c.metadata.to_string().len() + 512;
-    u32::try_from(size).unwrap_or(u32::MAX)
 }
 
 fn aad(id: &str, field: &str) -> String {
@@ -191,75 +156,6 @@ fn aad(id: &str, field: &str) -> String {
 }
 
 impl Connections {
-    pub fn new(
-        store: Arc<dyn Store>,
-        keys: Keyring,
-        cache_ttl: std::time::Duration,
-    ) -> Connections {
-        Connections::with_cache(store, keys, cache_ttl, DEFAULT_CACHE_BYTES)
-    }
-
-    /// `cache_bytes`: the cache's bound (`store.cache_size`).
-    pub fn with_cache(
-        store: Arc<dyn Store>,
-        keys: Keyring,
-        cache_ttl: std::time::Duration,
-        cache_bytes: u64,
-    ) -> Connections {
-        Connections {
-            store,
-            keys,
-            cache: moka::sync::Cache::builder()
-                .max_capacity(cache_bytes)
-                .weigher(weight)
-                .build(),
-            cache_ttl,
-        }
-    }
-
-    /// The cached connection however old, trusted for another `cache_ttl`: used when the store
-    /// cannot be reached, so requests with valid tokens keep flowing through an outage and
-    /// only one request per TTL pays for finding the store down.
-    pub fn cached_stale(&self, id: &str) -> Option<Arc<Connection>> {
-        let Cached(conn, _) = self.cache.get(id)?;
-        self.cache.insert(
-            id.to_string(),
-            Cached(conn.clone(), std::time::Instant::now()),
-        );
-        Some(conn)
-    }
-
-    /// The cached connection if it was read within `cache_ttl`; the proxy's fast path (no I/O).
-    pub fn cached(&self, id: &str) -> Option<Arc<Connection>> {
-        let Cached(conn, at) = self.cache.get(id)?;
-        (at.elapsed() < self.cache_ttl).then_some(conn)
-    }
-
-    fn remember(&self, conn: Connection) -> Arc<Connection> {
-        use moka::ops::compute::Op;
-        let conn = Arc::new(conn);
-        let mut kept = conn.clone();
-        // Never replace a newer version of the same row with an older one (two readers
-        // racing; the entry's lock serializes them); a row deleted and created again starts
-        // over, so it always replaces.
-        self.cache.entry(conn.id.clone()).and_compute_with(|have| {
-            match have.map(|e| e.into_value()) {
-                Some(Cached(have, at))
-                    if have.created_at == conn.created_at && have.version > conn.version =>
-                {
-                    kept = have.clone();
-                    Op::Put(Cached(have, at))
-                }
-                _ => Op::Put(Cached(conn.clone(), std::time::Instant::now())),
-            }
-        });
-        kept
-    }
-
-    fn forget(&self, id: &str) {
-        self.cache.invalidate(id);
-    }
-
     /// Reads the row from the store, opens it and caches it.
     pub async fn load(&self, id: &str) -> Result<Arc<Connection>, ConnectionError> {
         match self.store.get(id).await? {
@@ -329,30 +225,6 @@ impl Connections {
             let json = serde_json::to_string(h).expect("a credential serializes");
             self.keys.seal(&aad(&row.id, "secret"), json.as_bytes())
         });
-    }
-
-    /// The admin API's view, with the credential's fingerprint (its secret, or for OAuth its
-    /// refresh or access token) when it can be opened.
-    fn view_of(&self, row: &ConnectionRow) -> ConnectionView {
-        let mut v = view(row);
-        let (field, sealed) = match (&row.secret, &row.refresh_token) {
-            (Some(s), _) => ("secret", s),
-            (None, Some(r)) => ("refresh_token", r),
-            (None, None) => match &row.access_token {
-                Some(a) => ("access_token", a),
-                None => return v,
-            },
-        };
-        if let Ok(plain) = self.keys.open(&row.key_id, &aad(&row.id, field), sealed) {
-            let part = match field {
-                "secret" => serde_json::from_slice::<Held>(&plain)
-                    .map(|h| h.secret_part().as_bytes().to_vec())
-                    .unwrap_or_default(),
-                _ => plain,
-            };
-            v.fingerprint = Some(self.keys.fingerprint(&part));
-        }
-        v
     }
 
     /// Seals `grant`'s tokens into `row` with the active key.
@@ -573,29 +445,8 @@ pub fn validate_id(id: &str) -> Result<(), ConnectionError> {
     }
 }
 
-pub fn view(row: &ConnectionRow) -> ConnectionView {
-    ConnectionView {
-        id: row.id.clone(),
-        integration: row.integration.clone(),
-        status: row.status,
-        version: row.version,
-        kind: Kind::parse(&row.kind).unwrap_or_default(),
-        fingerprint: None,
-        has_access_token: row.access_token.is_some(),
-        has_refresh_token: row.refresh_token.is_some(),
-        expires_at: row.expires_at.map(rfc3339),
-        scopes: row.scopes.split_whitespace().map(str::to_string).collect(),
-        metadata: row.metadata.clone(),
-        refresh_failures: row.refresh_failures,
-        next_attempt_at: row.next_attempt_at.map(rfc3339),
-        last_error: row.last_error.clone(),
-        created_at: rfc3339(row.created_at),
-        updated_at: rfc3339(row.updated_at),
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -632,7 +483,7 @@ mod tests {
         }
     }
 
-    async fn connections() -> (tempfile::TempDir, Connections) {
+    pub(super) async fn connections() -> (tempfile::TempDir, Connections) {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::sqlite::SqliteStore::open(
             &dir.path().join("g.db"),
@@ -645,31 +496,6 @@ mod tests {
         let connections =
             Connections::new(Arc::new(store), keys, std::time::Duration::from_secs(2));
         (dir, connections)
-    }
-
-    /// Regression (issue 14): the cache grew with every connection ever seen.
-    #[tokio::test]
-    async fn the_cache_stays_within_its_byte_bound_and_keeps_recent_connections() {
-        let (_dir, plenty) = connections().await;
-        let bound = 64 * 1024;
-        let c = Connections::with_cache(plenty.store.clone(), plenty.keys, plenty.cache_ttl, bound);
-        let open = |i: usize| {
-            let mut row = ConnectionRow::new(&format!("conn_{i}"), "slack", 0);
-            row.version = 1;
-            c.open(&row).unwrap()
-        };
-        for i in 0..2_000 {
-            c.remember(open(i));
-        }
-        c.cache.run_pending_tasks();
-        assert!(
-            c.cache.weighted_size() <= bound,
-            "{} bytes",
-            c.cache.weighted_size()
-        );
-        assert!(c.cache.entry_count() < 2_000);
-        c.remember(open(5_000));
-        assert!(c.cached("conn_5000").is_some(), "the newest is kept");
     }
 
     fn fields(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
