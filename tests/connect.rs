@@ -134,6 +134,46 @@ async fn connect_refresh_revoke_and_reconnect_in_place() {
     assert!(String::from_utf8_lossy(&again.body).contains("already used"));
 }
 
+/// Issue 13: deleting a connection revokes its refresh token at the provider first (RFC 7009);
+/// the server no longer holds the grant afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_connection_revokes_its_grant_at_the_provider() {
+    let Some(w) = world(60, "", "").await else {
+        return;
+    };
+    let started = w
+        .connect_url(
+            "authz",
+            &format!("connection_id=gone-1&login_hint=carol@example.test&return_to={RETURN_TO}&scopes=email"),
+        )
+        .await;
+    let auth_url = started["authorization_url"].as_str().unwrap().to_string();
+    let back = Browser::default()
+        .visit(&auth_url, app_test)
+        .await
+        .stopped();
+    assert_eq!(
+        query(&back, "status").as_deref(),
+        Some("connected"),
+        "{back}"
+    );
+    assert_eq!(w.me("authz", "gone-1").await.status, 200);
+    assert_eq!(w.authz.live_grants("carol@example.test").await, 1);
+
+    let deleted = admin(w.g.admin, "DELETE", "/v1/connections/gone-1", None).await;
+    assert_eq!(
+        (deleted.status, deleted.json()["revocation"].as_str()),
+        (200, Some("revoked"))
+    );
+    assert_eq!(
+        w.authz.live_grants("carol@example.test").await,
+        0,
+        "the grant is gone at the server"
+    );
+    let gone = admin(w.g.admin, "GET", "/v1/connections/gone-1", None).await;
+    assert_eq!(gone.status, 404);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_callback_is_rejected_without_a_token_call() {
     let Some(w) = world(3600, "", "").await else {

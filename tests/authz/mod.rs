@@ -90,6 +90,12 @@ impl AuthzServer {
         got.json()["active"].as_bool().unwrap()
     }
 
+    /// How many of `account`'s grants the server still holds.
+    pub async fn live_grants(&self, account: &str) -> u64 {
+        let got = crate::common::get(self.addr, &format!("/test/grants?account={account}")).await;
+        got.json()["live"].as_u64().unwrap()
+    }
+
     /// Token-endpoint calls the server has answered, for one grant type.
     pub async fn token_calls(&self, grant_type: &str) -> u64 {
         let got = crate::common::get(self.addr, "/test/stats").await;

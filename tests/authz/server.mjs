@@ -10,6 +10,7 @@
 //   POST /test/revoke?account= the user revokes grantd's access (all grants of the account)
 //   GET  /test/stats           token-endpoint calls so far, by grant_type
 //   GET  /test/active?token=   whether an access token is still honoured (revocation tests)
+//   GET  /test/grants?account= how many of an account's grants are still alive
 // It prints `listening <port>` once ready. Configuration comes from the environment:
 //   AUTHZ_CLIENTS  JSON array of oidc-provider client metadata
 //   AUTHZ_ACCESS_TTL  access-token lifetime in seconds (default 3600)
@@ -89,6 +90,14 @@ provider.use(async (ctx, next) => {
     const token = String(ctx.query.token || '');
     const found = (await provider.ClientCredentials.find(token)) || (await provider.AccessToken.find(token));
     ctx.body = { active: Boolean(found && !found.isExpired) };
+    return;
+  }
+  if (ctx.path === '/test/grants') {
+    // How many of an account's grants the server still holds (a revoked refresh token takes
+    // its whole grant with it).
+    const ids = [...(grantsByAccount.get(String(ctx.query.account)) || [])];
+    const live = await Promise.all(ids.map((id) => provider.Grant.find(id)));
+    ctx.body = { live: live.filter(Boolean).length };
     return;
   }
   if (ctx.path === '/test/stats') {

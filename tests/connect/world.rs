@@ -41,6 +41,7 @@ base_url: http://{authz}
 auth:
   authorize_url: http://{authz}/auth
   token_url: http://{authz}/token
+  revocation_url: http://{authz}/token/revocation
   client_auth: {client_auth}
   required_scopes: [openid]
   authorize_params: {{ prompt: consent }}
