@@ -16,6 +16,7 @@ mod cache;
 pub mod client;
 pub mod credential;
 pub mod crypto;
+pub mod import;
 pub mod mint;
 mod proactive;
 pub mod refresh;
@@ -32,7 +33,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::store::{ConnectionRow, ListQuery, Status, Store, StoreError, Transition};
-use crate::time::{now_ms, parse_rfc3339};
+use crate::time::now_ms;
 use credential::{Held, Kind};
 use crypto::Keyring;
 
@@ -248,37 +249,6 @@ impl Connections {
         });
     }
 
-    /// Creates or replaces a connection. A connection that was not `active` becomes active
-    /// again, recorded as a `credentials_updated` transition. `held` is the kind's secret,
-    /// checked by [`credential::check`] against what the integration accepts.
-    pub async fn put(
-        &self,
-        id: &str,
-        req: PutConnection,
-        held: Option<Held>,
-    ) -> Result<ConnectionView, ConnectionError> {
-        validate_id(id)?;
-        let now = now_ms();
-        let c = &req.credentials;
-        let kind = c.kind.unwrap_or_default();
-        if kind == Kind::Oauth2 && c.access_token.is_none() && c.refresh_token.is_none() {
-            return Err(ConnectionError::Invalid(
-                "credentials need an access_token or a refresh_token".into(),
-            ));
-        }
-        let expires_at = expiry(c, now)?;
-        let previous = self.store.get(id).await?;
-        let mut row = active_row(id, &req.integration, previous.as_ref(), now);
-        row.kind = kind.as_str().to_string();
-        row.expires_at = expires_at;
-        row.scopes = c.scopes.as_ref().map(|s| s.join(" ")).unwrap_or_default();
-        row.metadata = serde_json::Value::Object(req.metadata);
-        self.seal_into(&mut row, c.access_token.as_ref(), c.refresh_token.as_ref());
-        self.seal_secret(&mut row, held.as_ref());
-        self.replace(row, previous.as_ref(), "credentials_updated")
-            .await
-    }
-
     /// Stores what an authorization-code exchange returned on connection `id`, in place:
     /// created if new; otherwise same id, same metadata and history, fresh tokens, `active`.
     /// Leaving `needs_reauth`/`config_error` is recorded as `reauthorized` (a `reactivated`
@@ -314,20 +284,15 @@ impl Connections {
         previous: Option<&ConnectionRow>,
         cause: &str,
     ) -> Result<ConnectionView, ConnectionError> {
-        let transition = match previous.map(|p| p.status) {
-            Some(Status::Active) => None,
-            from => Some(Transition {
-                from,
-                to: Status::Active,
-                cause: if from.is_some() { cause } else { "created" }.into(),
-                detail: serde_json::json!({}),
-            }),
-        };
-        let id = row.id.clone();
-        let stored = self.store.put(row, transition).await?;
-        self.forget(&id);
-        self.remember(self.open(&stored)?);
-        Ok(self.view_of(&stored))
+        let stored = self.store.put(row, to_active(previous, cause)).await?;
+        self.settle(&stored)
+    }
+
+    /// After a write: the cache holds the stored row, and the view says what it is.
+    fn settle(&self, stored: &ConnectionRow) -> Result<ConnectionView, ConnectionError> {
+        self.forget(&stored.id);
+        self.remember(self.open(stored)?);
+        Ok(self.view_of(stored))
     }
 
     /// Pauses a connection after a live `reauth` verdict, unless it changed since the request
@@ -390,30 +355,18 @@ impl Connections {
     }
 }
 
-/// When imported tokens expire: `expires_in` seconds from `now`, or `expires_at`, or unknown.
-fn expiry(c: &Credentials, now: i64) -> Result<Option<i64>, ConnectionError> {
-    Ok(match (c.expires_in, &c.expires_at) {
-        (Some(_), Some(_)) => {
-            return Err(ConnectionError::Invalid(
-                "give credentials.expires_in or credentials.expires_at, not both".into(),
-            ))
-        }
-        (Some(secs), None) if (0..=token::MAX_LIFETIME_SECS).contains(&secs) => {
-            Some(now + secs * 1000)
-        }
-        (Some(_), None) => {
-            return Err(ConnectionError::Invalid(format!(
-                "credentials.expires_in must be 0 to {} seconds (ten years)",
-                token::MAX_LIFETIME_SECS
-            )))
-        }
-        (None, Some(at)) => Some(parse_rfc3339(at).ok_or_else(|| {
-            ConnectionError::Invalid(
-                "credentials.expires_at is not an RFC 3339 time (2026-11-22T06:40:47Z)".into(),
-            )
-        })?),
-        (None, None) => None,
-    })
+/// The transition a write that makes a connection `active` records: `created`, or `cause` when
+/// it was not active before, or none.
+fn to_active(previous: Option<&ConnectionRow>, cause: &str) -> Option<Transition> {
+    match previous.map(|p| p.status) {
+        Some(Status::Active) => None,
+        from => Some(Transition {
+            from,
+            to: Status::Active,
+            cause: if from.is_some() { cause } else { "created" }.into(),
+            detail: serde_json::json!({}),
+        }),
+    }
 }
 
 /// A fresh `active` row with no tokens, keeping `previous`'s creation time.

@@ -253,6 +253,12 @@ pub trait Store: Send + Sync + 'static {
         row: ConnectionRow,
         transition: Option<Transition>,
     ) -> Result<ConnectionRow, StoreError>;
+    /// [`Store::put`] for many rows in one transaction: all are written, or none (a batch
+    /// import's chunk).
+    async fn put_many(
+        &self,
+        rows: Vec<(ConnectionRow, Option<Transition>)>,
+    ) -> Result<Vec<ConnectionRow>, StoreError>;
     /// Writes `row` (whose `version` must be `expected + 1`) only if the stored version is
     /// still `expected`. False when someone else wrote first.
     async fn cas(

@@ -104,6 +104,13 @@ macro_rules! sql_store {
                     put(&self.pool, &self.outbox, row, transition).await
                 }
 
+                async fn put_many(
+                    &self,
+                    rows: Vec<(ConnectionRow, Option<Transition>)>,
+                ) -> Result<Vec<ConnectionRow>, StoreError> {
+                    put_many(&self.pool, &self.outbox, rows).await
+                }
+
                 async fn cas(
                     &self,
                     row: &ConnectionRow,
@@ -255,55 +262,68 @@ macro_rules! connection_statements {
         async fn put(
             pool: &Pool,
             outbox: &Outbox,
-            mut row: ConnectionRow,
+            row: ConnectionRow,
             transition: Option<Transition>,
         ) -> Result<ConnectionRow, StoreError> {
+            let mut rows = put_many(pool, outbox, vec![(row, transition)]).await?;
+            Ok(rows.pop().expect("one row in, one row out"))
+        }
+
+        async fn put_many(
+            pool: &Pool,
+            outbox: &Outbox,
+            rows: Vec<(ConnectionRow, Option<Transition>)>,
+        ) -> Result<Vec<ConnectionRow>, StoreError> {
             let mut tx = pool.begin().await.map_err(db)?;
-            // The upsert is the transaction's first statement, so it takes the write lock at once.
-            let version: i64 = sqlx::query_scalar(&q(
-                "INSERT INTO connections (id, integration, status, key_id, access_token, \
-                   refresh_token, expires_at, scopes, metadata, version, refresh_failures, \
-                   created_at, updated_at, kind, secret) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 0, ?, ?, ?, ?) \
-                 ON CONFLICT(id) DO UPDATE SET integration = excluded.integration, \
-                   status = excluded.status, key_id = excluded.key_id, \
-                   access_token = excluded.access_token, refresh_token = excluded.refresh_token, \
-                   kind = excluded.kind, secret = excluded.secret, \
-                   expires_at = excluded.expires_at, scopes = excluded.scopes, \
-                   metadata = excluded.metadata, version = connections.version + 1, \
-                   lease_owner = NULL, lease_until = NULL, refresh_failures = 0, \
-                   next_attempt_at = NULL, last_error_class = NULL, last_error_status = NULL, \
-                   last_error_description = NULL, last_error_at = NULL, \
-                   updated_at = excluded.updated_at \
-                 RETURNING version",
-            ))
-            .bind(&row.id)
-            .bind(&row.integration)
-            .bind(row.status.as_str())
-            .bind(&row.key_id)
-            .bind(&row.access_token)
-            .bind(&row.refresh_token)
-            .bind(row.expires_at)
-            .bind(&row.scopes)
-            .bind(row.metadata.to_string())
-            .bind(row.created_at)
-            .bind(row.updated_at)
-            .bind(&row.kind)
-            .bind(&row.secret)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db)?;
-            if let Some(t) = &transition {
-                record(&mut tx, outbox, &row, t).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (mut row, transition) in rows {
+                // The first upsert is the transaction's first statement: it takes the write lock.
+                let version: i64 = sqlx::query_scalar(&q(
+                    "INSERT INTO connections (id, integration, status, key_id, access_token, \
+                       refresh_token, expires_at, scopes, metadata, version, refresh_failures, \
+                       created_at, updated_at, kind, secret) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 0, ?, ?, ?, ?) \
+                     ON CONFLICT(id) DO UPDATE SET integration = excluded.integration, \
+                       status = excluded.status, key_id = excluded.key_id, \
+                       access_token = excluded.access_token, refresh_token = excluded.refresh_token, \
+                       kind = excluded.kind, secret = excluded.secret, \
+                       expires_at = excluded.expires_at, scopes = excluded.scopes, \
+                       metadata = excluded.metadata, version = connections.version + 1, \
+                       lease_owner = NULL, lease_until = NULL, refresh_failures = 0, \
+                       next_attempt_at = NULL, last_error_class = NULL, last_error_status = NULL, \
+                       last_error_description = NULL, last_error_at = NULL, \
+                       updated_at = excluded.updated_at \
+                     RETURNING version",
+                ))
+                .bind(&row.id)
+                .bind(&row.integration)
+                .bind(row.status.as_str())
+                .bind(&row.key_id)
+                .bind(&row.access_token)
+                .bind(&row.refresh_token)
+                .bind(row.expires_at)
+                .bind(&row.scopes)
+                .bind(row.metadata.to_string())
+                .bind(row.created_at)
+                .bind(row.updated_at)
+                .bind(&row.kind)
+                .bind(&row.secret)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+                if let Some(t) = &transition {
+                    record(&mut tx, outbox, &row, t).await?;
+                }
+                row.version = version;
+                row.lease_owner = None;
+                row.lease_until = None;
+                row.refresh_failures = 0;
+                row.next_attempt_at = None;
+                row.last_error = None;
+                out.push(row);
             }
             tx.commit().await.map_err(db)?;
-            row.version = version;
-            row.lease_owner = None;
-            row.lease_until = None;
-            row.refresh_failures = 0;
-            row.next_attempt_at = None;
-            row.last_error = None;
-            Ok(row)
+            Ok(out)
         }
 
         async fn cas(

@@ -4,6 +4,8 @@
 //! Owns the admin HTTP surface and its JSON error contract (`{"error": code, "message": ...}`).
 //! It must never return or log a token: it serves [`ConnectionView`]s only.
 
+mod import;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::connect::{Connect, ConnectRequest};
-use crate::connections::credential::{self, Accepts};
+use crate::connections::credential::Accepts;
 use crate::connections::refresh::Refresher;
 use crate::connections::revoke::Revocation;
 use crate::connections::{ConnectionError, ConnectionView, Connections, PutConnection};
@@ -98,6 +100,7 @@ impl Admin {
                 self.connect(integration, req.uri().query()).await
             }
             (Method::GET, ["v1", "connections"]) => self.list(req.uri().query()).await,
+            (Method::POST, ["v1", "connections", "batch"]) => self.batch(req).await,
             (Method::PUT, ["v1", "connections", id]) => {
                 let id = id.to_string();
                 self.put(&id, req).await
@@ -141,41 +144,6 @@ impl Admin {
             .unwrap_or("");
         // Comparing digests keeps the comparison's timing independent of the token's content.
         digest(presented.as_bytes()) == self.token_digest
-    }
-
-    async fn put(&self, id: &str, req: Request<Incoming>) -> Response<Body> {
-        let body = match read_body(req.into_body(), 64 * 1024).await {
-            Ok(b) => b,
-            Err(resp) => return resp,
-        };
-        let put = match parse_put(&body) {
-            Ok(p) => p,
-            Err(message) => return fail(StatusCode::BAD_REQUEST, "invalid_body", &message),
-        };
-        let Some(known) = self.integrations.get(&put.integration) else {
-            let known: Vec<&str> = self.integrations.keys().map(String::as_str).collect();
-            let message = format!(
-                "no integration `{}`; known: {}",
-                put.integration,
-                known.join(", ")
-            );
-            return fail(StatusCode::BAD_REQUEST, "unknown_integration", &message);
-        };
-        let held = match credential::check(&put.credentials, &put.integration, &known.accepts) {
-            Ok(held) => held,
-            Err(message) => return fail(StatusCode::BAD_REQUEST, "invalid_credentials", &message),
-        };
-        let mut put = put;
-        if let Some((key, value)) = credential::derived_metadata(held.as_ref(), &known.accepts) {
-            put.metadata.entry(key).or_insert(value.into());
-        }
-        if let Err(message) = known.urls.check(&put.metadata) {
-            return fail(StatusCode::BAD_REQUEST, "invalid_metadata", &message);
-        }
-        match self.connections.put(id, put, held).await {
-            Ok(view) => ok(StatusCode::OK, &to_json(&view)),
-            Err(e) => grant_error(e),
-        }
     }
 
     /// Starts a connect (or reconnect): the provider's authorization URL, and a shareable
