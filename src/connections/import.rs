@@ -36,10 +36,11 @@ impl Connections {
     }
 
     /// A batch of [`Connections::put`]s: one answer per item, in order. Items that fail their
-    /// checks are answered alone; the others are written [`CHUNK`] at a time, all or none.
-    pub async fn put_many(&self, items: Vec<Item>) -> Vec<Result<ConnectionView, ConnectionError>> {
+    /// checks are answered alone; the others are written [`CHUNK`] at a time, all or none. A
+    /// migration does not fill the cache: written rows are only dropped from it.
+    pub async fn put_many(&self, items: Vec<Item>) -> Vec<Result<(), ConnectionError>> {
         let now = now_ms();
-        let mut answers: Vec<Option<Result<ConnectionView, ConnectionError>>> =
+        let mut answers: Vec<Option<Result<(), ConnectionError>>> =
             (0..items.len()).map(|_| None).collect();
         let mut ready: Vec<(usize, ConnectionRow, Option<Transition>)> = Vec::new();
         for (i, (id, req, held)) in items.into_iter().enumerate() {
@@ -56,7 +57,8 @@ impl Connections {
             match self.store.put_many(rows).await {
                 Ok(stored) => {
                     for (i, row) in indices.into_iter().zip(&stored) {
-                        answers[i] = Some(self.settle(row));
+                        self.forget(&row.id);
+                        answers[i] = Some(Ok(()));
                     }
                 }
                 Err(e) => {
