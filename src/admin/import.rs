@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::{fail, grant_error, ok, parse_put, read_body, to_json, Admin, Body, Incoming};
 use crate::connections::credential::{self, Held};
+use crate::connections::import::CHUNK;
 use crate::connections::PutConnection;
 
 /// A batch's body limit: 100k connections of a few hundred bytes each, with room.
@@ -45,31 +46,37 @@ impl Admin {
             Err(message) => return fail(StatusCode::BAD_REQUEST, "invalid_body", &message),
         };
         let mut failed = Vec::new();
-        let mut admitted = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        for (index, item) in items.into_iter().enumerate() {
-            let id = item
-                .get("id")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            match self.admit_item(item, &mut seen) {
-                Ok((put, held)) => admitted.push((index, (id, put, held))),
-                Err((code, message)) => failed
-                    .push(json!({"index": index, "id": id, "error": code, "message": message})),
-            }
-        }
-        let (indices, items): (Vec<usize>, Vec<_>) = admitted.into_iter().unzip();
-        let ids: Vec<String> = items.iter().map(|(id, _, _)| id.clone()).collect();
         let mut imported = 0;
-        for ((index, id), result) in indices
-            .into_iter()
-            .zip(ids)
-            .zip(self.connections.put_many(items).await)
-        {
-            match result {
-                Ok(_) => imported += 1,
-                Err(e) => failed.push(json!({"index": index, "id": id, "error": "not_stored", "message": e.to_string()})),
+        // One chunk at a time, checked then written: a large migration never holds every sealed
+        // row in memory at once.
+        let mut items = items.into_iter().enumerate().peekable();
+        while items.peek().is_some() {
+            let mut admitted = Vec::new();
+            for (index, item) in items.by_ref().take(CHUNK) {
+                let id = item
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                match self.admit_item(item, &mut seen) {
+                    Ok((put, held)) => admitted.push((index, id.clone(), (id, put, held))),
+                    Err((code, message)) => failed
+                        .push(json!({"index": index, "id": id, "error": code, "message": message})),
+                }
+            }
+            let (labels, batch): (Vec<(usize, String)>, Vec<_>) = admitted
+                .into_iter()
+                .map(|(i, id, item)| ((i, id), item))
+                .unzip();
+            for ((index, id), result) in labels
+                .into_iter()
+                .zip(self.connections.put_many(batch).await)
+            {
+                match result {
+                    Ok(()) => imported += 1,
+                    Err(e) => failed.push(json!({"index": index, "id": id, "error": "not_stored", "message": e.to_string()})),
+                }
             }
         }
         failed.sort_by_key(|f| f["index"].as_u64());
