@@ -180,8 +180,7 @@ fn load(source: &Source) -> Result<(BTreeMap<String, RuleSet>, EvaluationConfig)
             // The config's depth and length limits, but at least the test budget's time: a
             // test checks what a rule says, not how fast a loaded CI machine runs it (speed
             // is measured in bench/).
-            let mut eval = config.evaluation.clone();
-            eval.timeout = eval.timeout.max(rules::default_budget().timeout);
+            let eval = rules::at_least_test_budget(&config.evaluation);
             (config.rules_dir.clone(), eval, Some(config))
         }
         None => (

@@ -8,7 +8,9 @@
 use http::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::{fail, grant_error, ok, parse_put, read_body, to_json, Admin, Body, Incoming};
+use super::{
+    fail, grant_error, ok, parse_put, put_from, read_body, to_json, Admin, Body, Incoming,
+};
 use crate::connections::credential::{self, Held};
 use crate::connections::import::CHUNK;
 use crate::connections::PutConnection;
@@ -102,7 +104,7 @@ impl Admin {
                 format!("`{id}` appears earlier in this batch"),
             ));
         }
-        let put = parse_put(item.to_string().as_bytes()).map_err(|m| ("invalid_body", m))?;
+        let put = put_from(item).map_err(|m| ("invalid_body", m))?;
         self.admit(put)
     }
 

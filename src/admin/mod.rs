@@ -245,10 +245,10 @@ impl Admin {
     async fn delete(&self, id: &str, query: Option<&str>) -> Response<Body> {
         let skip = form_urlencoded::parse(query.unwrap_or("").as_bytes())
             .any(|(k, v)| k == "revoke" && v == "false");
-        let revocation = match self.connections.view(id).await {
+        let revocation = match self.connections.load(id).await {
             Err(e) => return grant_error(e),
             Ok(_) if skip => Revocation::Skipped,
-            Ok(_) => self.refresher.revoke(id).await,
+            Ok(connection) => self.refresher.revoke(&connection).await,
         };
         match self.connections.delete(id).await {
             Ok(true) => {
@@ -406,8 +406,17 @@ fn to_json(view: &ConnectionView) -> serde_json::Value {
 /// serde_json's "invalid type" messages quote the offending value, which could be a token:
 /// only the field path and messages made of our own names (unknown/missing field) get out.
 fn parse_put(body: &[u8]) -> Result<PutConnection, String> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    put_from(&mut serde_json::Deserializer::from_slice(body))
+}
+
+/// A `PUT` body from any JSON source (a request body, or one item of a batch already parsed).
+/// Errors name the field; only serde's own words about unknown or missing fields are kept, so a
+/// value (maybe a secret) is never echoed.
+fn put_from<'de, D>(de: D) -> Result<PutConnection, String>
+where
+    D: serde::Deserializer<'de, Error = serde_json::Error>,
+{
+    serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         let safe = inner.starts_with("unknown field")

@@ -9,9 +9,6 @@ use std::sync::Arc;
 use super::{Connection, Connections, Keyring};
 use crate::store::Store;
 
-/// The cache's default bound: 32 MiB, some 30,000 connections.
-pub const DEFAULT_CACHE_BYTES: u64 = 32 << 20;
-
 /// A cached connection and when it was read.
 #[derive(Clone)]
 pub(super) struct Cached(Arc<Connection>, std::time::Instant);
@@ -34,7 +31,8 @@ impl Connections {
         keys: Keyring,
         cache_ttl: std::time::Duration,
     ) -> Connections {
-        Connections::with_cache(store, keys, cache_ttl, DEFAULT_CACHE_BYTES)
+        let bytes = crate::config::StoreConfig::default().cache_size.0 as u64;
+        Connections::with_cache(store, keys, cache_ttl, bytes)
     }
 
     /// `cache_bytes`: the cache's bound (`store.cache_size`).

@@ -67,9 +67,7 @@ pub fn oauth_clients(
 /// time. Token responses are rare, and one misread under load (a rule cut off by the clock)
 /// would cost a retry cycle, so they get at least a second; depth and length limits stay.
 fn token_budget(configured: &EvaluationConfig) -> EvaluationConfig {
-    let mut eval = configured.clone();
-    eval.timeout = eval.timeout.max(crate::rules::default_budget().timeout);
-    eval
+    crate::rules::at_least_test_budget(configured)
 }
 
 impl OAuthClient {

@@ -49,7 +49,7 @@ impl Kind {
 
     /// grantd mints the access token itself (and renews it before expiry).
     pub fn minted(self) -> bool {
-        matches!(self, Kind::Oauth2ClientCredentials | Kind::JwtBearer)
+        crate::store::MINTED.contains(&self.as_str())
     }
 
     /// Sent as stored: there is nothing to refresh, and a rejection means a new one is needed.

@@ -25,7 +25,6 @@ pub mod timing;
 pub mod token;
 mod view;
 
-pub use cache::DEFAULT_CACHE_BYTES;
 pub use view::{view, ConnectionView};
 
 use std::sync::Arc;
@@ -169,55 +168,52 @@ impl Connections {
     }
 
     pub fn open(&self, row: &ConnectionRow) -> Result<Connection, ConnectionError> {
-        let open =
-            |field: &str, sealed: &Option<Vec<u8>>| -> Result<Option<Secret>, ConnectionError> {
-                sealed
-                    .as_ref()
-                    .map(|s| {
-                        self.keys
-                            .open(&row.key_id, &aad(&row.id, field), s)
-                            .map_err(|e| ConnectionError::Unreadable {
-                                id: row.id.clone(),
-                                why: e.to_string(),
-                            })
-                            .and_then(|p| {
-                                String::from_utf8(p).map(Secret).map_err(|_| {
-                                    ConnectionError::Unreadable {
-                                        id: row.id.clone(),
-                                        why: "token is not UTF-8".into(),
-                                    }
-                                })
-                            })
-                    })
-                    .transpose()
-            };
-        let unreadable = |why: &str| ConnectionError::Unreadable {
-            id: row.id.clone(),
-            why: why.to_string(),
-        };
-        let kind = Kind::parse(&row.kind).ok_or_else(|| unreadable("unknown credential kind"))?;
-        let held = match open("secret", &row.secret)? {
-            Some(s) => Some(
-                serde_json::from_str::<Held>(s.expose())
-                    .map_err(|_| unreadable("the sealed secret is not a credential"))?,
-            ),
-            None => None,
-        };
+        let kind =
+            Kind::parse(&row.kind).ok_or_else(|| unreadable(row, "unknown credential kind"))?;
         Ok(Connection {
             id: row.id.clone(),
             integration: row.integration.clone(),
             status: row.status,
             version: row.version,
-            access_token: open("access_token", &row.access_token)?,
-            refresh_token: open("refresh_token", &row.refresh_token)?,
+            access_token: self.open_field(row, "access_token", &row.access_token)?,
+            refresh_token: self.open_field(row, "refresh_token", &row.refresh_token)?,
             expires_at: row.expires_at,
             scopes: row.scopes.clone(),
             metadata: row.metadata.clone(),
             created_at: row.created_at,
             kind,
-            held,
+            held: self.open_held(row)?,
             issued_at: row.updated_at,
         })
+    }
+
+    /// One sealed field of `row`, opened.
+    pub(super) fn open_field(
+        &self,
+        row: &ConnectionRow,
+        field: &str,
+        sealed: &Option<Vec<u8>>,
+    ) -> Result<Option<Secret>, ConnectionError> {
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let plain = self
+            .keys
+            .open(&row.key_id, &aad(&row.id, field), sealed)
+            .map_err(|e| unreadable(row, &e.to_string()))?;
+        String::from_utf8(plain)
+            .map(|s| Some(Secret(s)))
+            .map_err(|_| unreadable(row, "token is not UTF-8"))
+    }
+
+    /// The kind's secret of `row`, opened (none for `oauth2`).
+    pub(super) fn open_held(&self, row: &ConnectionRow) -> Result<Option<Held>, ConnectionError> {
+        self.open_field(row, "secret", &row.secret)?
+            .map(|s| {
+                serde_json::from_str::<Held>(s.expose())
+                    .map_err(|_| unreadable(row, "the sealed secret is not a credential"))
+            })
+            .transpose()
     }
 
     /// Seals a kind's secret into `row` (with the active key, like its tokens).
@@ -236,7 +232,7 @@ impl Connections {
         refresh: Option<&Secret>,
     ) {
         // The kind's secret moves to the active key too: one key id per row.
-        let held = self.open(row).ok().and_then(|g| g.held);
+        let held = self.open_held(row).ok().flatten();
         row.key_id = self.keys.active_id().to_string();
         self.seal_secret(row, held.as_ref());
         row.access_token = access.map(|t| {
@@ -352,6 +348,13 @@ impl Connections {
         let deleted = self.store.delete(id).await?;
         self.forget(id);
         Ok(deleted)
+    }
+}
+
+fn unreadable(row: &ConnectionRow, why: &str) -> ConnectionError {
+    ConnectionError::Unreadable {
+        id: row.id.clone(),
+        why: why.to_string(),
     }
 }
 

@@ -120,14 +120,10 @@ impl Refresher {
         &self.config
     }
 
-    /// Revokes connection `id`'s token at its provider (see [`super::revoke`]).
-    pub async fn revoke(&self, id: &str) -> Revocation {
-        let grant = match self.connections.load(id).await {
-            Ok(g) => g,
-            Err(e) => return Revocation::Failed(e.to_string()),
-        };
-        let client = self.clients.get(&grant.integration);
-        revoke::revoke(&self.client, client, &grant, self.config.token_timeout).await
+    /// Revokes `connection`'s token at its provider (see [`super::revoke`]).
+    pub async fn revoke(&self, connection: &Connection) -> Revocation {
+        let client = self.clients.get(&connection.integration);
+        revoke::revoke(&self.client, client, connection, self.config.token_timeout).await
     }
 
     /// Token-endpoint calls made by this process (for tests and metrics).

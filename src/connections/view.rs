@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
-use super::credential::{Held, Kind};
-use super::{aad, Connections};
+use super::credential::Kind;
+use super::Connections;
 use crate::store::{ConnectionRow, Status};
 use crate::time::rfc3339;
 
@@ -35,23 +35,18 @@ impl Connections {
     /// refresh or access token) when it can be opened.
     pub(super) fn view_of(&self, row: &ConnectionRow) -> ConnectionView {
         let mut v = view(row);
-        let (field, sealed) = match (&row.secret, &row.refresh_token) {
-            (Some(s), _) => ("secret", s),
-            (None, Some(r)) => ("refresh_token", r),
-            (None, None) => match &row.access_token {
-                Some(a) => ("access_token", a),
-                None => return v,
-            },
+        let secret = match self.open_held(row) {
+            Ok(Some(held)) => Some(held.secret_part().to_string()),
+            Ok(None) => [
+                ("refresh_token", &row.refresh_token),
+                ("access_token", &row.access_token),
+            ]
+            .into_iter()
+            .find_map(|(field, sealed)| self.open_field(row, field, sealed).ok().flatten())
+            .map(|s| s.expose().to_string()),
+            Err(_) => None,
         };
-        if let Ok(plain) = self.keys.open(&row.key_id, &aad(&row.id, field), sealed) {
-            let part = match field {
-                "secret" => serde_json::from_slice::<Held>(&plain)
-                    .map(|h| h.secret_part().as_bytes().to_vec())
-                    .unwrap_or_default(),
-                _ => plain,
-            };
-            v.fingerprint = Some(self.keys.fingerprint(&part));
-        }
+        v.fingerprint = secret.map(|s| self.keys.fingerprint(s.as_bytes()));
         v
     }
 }

@@ -110,6 +110,9 @@ fn fill(format: &str, parts: &[(&str, &str)], metadata: &serde_json::Value) -> S
     for (placeholder, value) in parts {
         out = out.replace(placeholder, value);
     }
+    if !out.contains("{metadata.") {
+        return out;
+    }
     if let Some(m) = metadata.as_object() {
         for (k, v) in m {
             if let Some(s) = v.as_str() {

@@ -449,6 +449,14 @@ fn short(value: &serde_json::Value) -> String {
 }
 
 /// The evaluation budget for rules as configured; used by the CLI and tests.
+/// `configured`, with at least the test budget's time: where a rule running a little long on a
+/// loaded machine must not change the answer (rule tests, token responses), not the proxy's.
+pub fn at_least_test_budget(configured: &EvaluationConfig) -> EvaluationConfig {
+    let mut eval = configured.clone();
+    eval.timeout = eval.timeout.max(default_budget().timeout);
+    eval
+}
+
 pub fn default_budget() -> EvaluationConfig {
     EvaluationConfig {
         timeout: Duration::from_secs(1),
