@@ -5,7 +5,8 @@ deploy/metrics.txt lists every metric (name, type, label names). This checks tha
   panel with targets), and every query in it names only listed metrics, with listed labels;
 - every expr in deploy/prometheus/alerts.yaml does the same;
 - with `--exposition FILE` (a scrape of /_grantd/metrics), every metric family grantd exposes is
-  listed with its type; with `--complete` also, every listed metric is exposed.
+  listed with its type, every sample's labels are listed; with `--complete` also, every listed
+  metric is exposed.
 
 A misspelt metric or label in a panel or an alert shows no data and raises no alarm, silently;
 this makes it a CI failure instead.
@@ -125,15 +126,20 @@ def check_alerts(contract: dict) -> list:
 
 def check_exposition(path: Path, contract: dict, complete: bool) -> list:
     """Families in a real scrape against the list (OpenMetrics names counters without _total)."""
-    exposed = {}
+    exposed, problems = {}, set()
     for line in path.read_text().splitlines():
         if line.startswith("# TYPE "):
             _, _, family, kind = line.split(maxsplit=3)
             exposed[family] = kind.strip()
+        elif line and not line.startswith("#"):
+            name, _, rest = line.partition("{")
+            labels = set(re.findall(r'([A-Za-z_][A-Za-z0-9_]*)="', rest.partition("}")[0]))
+            if name in contract and not labels <= contract[name][2]:
+                problems.add(f"exposition: {name} has labels {sorted(labels - contract[name][2])} not in deploy/metrics.txt")
     listed = {}
     for name, kind, _ in contract.values():
         listed[name.removesuffix("_total") if kind == "counter" else name] = kind
-    problems = [
+    problems = sorted(problems) + [
         f"exposition: {family} ({kind}) is not in deploy/metrics.txt"
         for family, kind in sorted(exposed.items())
         if listed.get(family) != kind
