@@ -2,7 +2,8 @@
 
 For each example directory it lays out the files the grantd container would see (every ConfigMap
 volume at its mount path, the image's rule files where no ConfigMap replaces them), checks that
-every `${VAR}` without a default in grantd.yaml is set in the container's env, and runs
+every `${VAR}` without a default in grantd.yaml is set in the container's env, that the
+`kubectl create secret` recipe atop deployment.yaml makes every Secret key the pod reads, and runs
 `grantd check --config` on it: the same loading, validation and rule tests `grantd serve` does.
 
 It also keeps deploy/sidecar/rules.yaml equal to the repository's rule files it carries
@@ -125,10 +126,25 @@ def lay_out(root: Path, docs: list, pod: dict, container: dict, where: str) -> P
     return path
 
 
+def check_secret_recipe(where: str, pod: dict) -> None:
+    """The `kubectl create secret` recipe atop deployment.yaml makes every key the pod reads."""
+    text = (ROOT / where / "deployment.yaml").read_text()
+    made = set(re.findall(r"--from-literal=([A-Za-z0-9._-]+)=", text))
+    read = {
+        e["valueFrom"]["secretKeyRef"]["key"]
+        for c in pod.get("initContainers", []) + pod.get("containers", [])
+        for e in c.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    if read - made:
+        raise CheckError(f"{where}/deployment.yaml: the secret recipe does not make {', '.join(sorted(read - made))}")
+
+
 def check_example(name: str, grantd: str) -> None:
     where = f"deploy/{name}"
     docs = load_dir(ROOT / where)
     pod, container = grantd_container(docs, where)
+    check_secret_recipe(where, pod)
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
     with tempfile.TemporaryDirectory() as tmp:
         config = lay_out(Path(tmp), docs, pod, container, where)
