@@ -4,6 +4,7 @@ deploy/metrics.txt lists every metric (name, type, label names). This checks tha
 - deploy/grafana/grantd.json parses, is a dashboard (title, uid, unique panel ids, each query
   panel with targets), and every query in it names only listed metrics, with listed labels;
 - every expr in deploy/prometheus/alerts.yaml does the same;
+- with `--promtool PATH`, every panel query parses as PromQL (Grafana's variables substituted);
 - with `--exposition FILE` (a scrape of /_grantd/metrics), every metric family grantd exposes is
   listed with its type, every sample's labels are listed; with `--complete` also, every listed
   metric is exposed.
@@ -17,7 +18,9 @@ Usage: metrics.py [--exposition FILE [--complete]]
 import argparse
 import json
 import re
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -33,6 +36,8 @@ MATCHER_LABEL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
 GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
 # Dashboard keys whose string values are PromQL.
 QUERY_KEYS = ("expr", "query", "definition")
+# Grafana's variables, replaced by what Grafana would send, so promtool can parse the queries.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$integration": ".*"}
 
 
 def load_contract() -> dict:
@@ -114,6 +119,25 @@ def check_dashboard(contract: dict) -> list:
     return problems
 
 
+def check_syntax(promtool: str) -> list:
+    """Parses every panel query with Prometheus's own parser (as recording rules, promtool's input)."""
+    dash = json.loads(DASHBOARD.read_text())
+    rules = []
+    for path, expr in queries(dash):
+        if path.endswith(".expr"):
+            for variable, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            rules.append({"record": f"dashboard:query_{len(rules)}", "expr": expr, "labels": {"path": path}})
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, f)
+        f.flush()
+        result = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        where = [rules[int(i)]["labels"]["path"] for i in re.findall(r"dashboard:query_(\d+)", result.stdout + result.stderr)]
+        return [f"{DASHBOARD.relative_to(ROOT)} {', '.join(where)}: promtool cannot parse it:\n{result.stdout}{result.stderr}"]
+    return []
+
+
 def check_alerts(contract: dict) -> list:
     where = ALERTS.relative_to(ROOT)
     problems = []
@@ -155,9 +179,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--exposition", type=Path, help="a scrape of grantd's /_grantd/metrics")
     parser.add_argument("--complete", action="store_true", help="every listed metric must be exposed")
+    parser.add_argument("--promtool", help="parse the dashboard's queries with this promtool")
     args = parser.parse_args()
     contract = load_contract()
     problems = check_dashboard(contract) + check_alerts(contract)
+    if args.promtool and not problems:
+        problems += check_syntax(args.promtool)
     if args.exposition:
         problems += check_exposition(args.exposition, contract, args.complete)
     for p in problems:
@@ -165,6 +192,8 @@ def main() -> int:
     if not problems:
         checked = "dashboard, alert rules" + (" and exposition" if args.exposition else "")
         print(f"ok   {checked} use only the metrics and labels in deploy/metrics.txt")
+        if args.promtool:
+            print("ok   every dashboard query parses (promtool)")
     return 1 if problems else 0
 
 
