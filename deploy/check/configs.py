@@ -101,6 +101,19 @@ def placeholder(name: str) -> str:
     return "placeholder-" + name.lower()
 
 
+def write_configmap(target: Path, data: dict) -> None:
+    """As the kubelet writes a ConfigMap volume: the files in a timestamped directory, `..data`
+    pointing at it and each key a symlink through `..data` (an update swaps `..data`), so grantd
+    reads its files through the same links as in a pod."""
+    stamp = target / "..2026_01_01_00_00_00.000000000"
+    stamp.mkdir(parents=True)
+    for name, text in data.items():
+        (stamp / name).write_text(text)
+    (target / "..data").symlink_to(stamp.name)
+    for name in data:
+        (target / name).symlink_to(f"..data/{name}")
+
+
 def lay_out(root: Path, docs: list, pod: dict, container: dict, where: str) -> Path:
     """Writes the container's view of its files under `root`; returns the config's path."""
     configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d.get("kind") == "ConfigMap"}
@@ -112,10 +125,7 @@ def lay_out(root: Path, docs: list, pod: dict, container: dict, where: str) -> P
             continue
         if source["name"] not in configmaps:
             raise CheckError(f"{where}: ConfigMap {source['name']} is mounted but not in {where}")
-        target = root / mount["mountPath"].lstrip("/")
-        target.mkdir(parents=True, exist_ok=True)
-        for name, text in configmaps[source["name"]].items():
-            (target / name).write_text(text)
+        write_configmap(root / mount["mountPath"].lstrip("/"), configmaps[source["name"]])
         mounted.add(mount["mountPath"])
     if IMAGE_RULES not in mounted:
         shutil.copytree(ROOT / "rules", root / IMAGE_RULES.lstrip("/"))

@@ -6,7 +6,8 @@ machine):
 - a root holding only the binary (at the image's path), the C libraries it links (distroless/cc
   has the same glibc and libgcc) and CA certificates, mounted read-only
   (readOnlyRootFilesystem);
-- the ConfigMaps at their mount paths, each emptyDir as a tmpfs (group-writable for fsGroup);
+- the ConfigMaps at their mount paths (laid out as the kubelet does, keys as symlinks through
+  `..data`), each emptyDir as a tmpfs (group-writable for fsGroup);
 - the manifest's user (runAsUser/runAsGroup) and env (secrets as stand-ins); the shared service's
   database is the local PostgreSQL, reached through its Unix socket, in a fresh schema;
 then checks: the startup, liveness and readiness probes' paths answer 200 on the listener the
