@@ -195,6 +195,10 @@ pub struct RuleSet {
     pub base_url: String,
     /// For people: what the integration is (`grantd providers`, the README's table).
     pub description: Option<String>,
+    /// For end users: the provider's product name (`display_name`; the integration id without).
+    pub display_name: String,
+    /// For end users: what each scope lets the app do, in plain words (`scope_descriptions`).
+    pub scope_descriptions: std::collections::BTreeMap<String, String>,
     /// Hosts a templated URL (base, token, authorize) may resolve to.
     pub allowed_hosts: Vec<String>,
     pub allow_http: bool,
@@ -215,6 +219,8 @@ impl RuleSet {
             file: "(config)".into(),
             base_url,
             description: None,
+            display_name: integration.to_string(),
+            scope_descriptions: Default::default(),
             allowed_hosts: Vec::new(),
             allow_http: false,
             inherits_base: false,
