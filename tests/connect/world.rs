@@ -37,6 +37,8 @@ pub(crate) fn free_port() -> u16 {
 pub(crate) fn rule_file(name: &str, authz: SocketAddr, client_auth: &str) -> String {
     format!(
         r#"integration: {name}
+display_name: Example Cloud
+scope_descriptions: {{ email: See your email address, openid: Know who you are }}
 base_url: http://{authz}
 auth:
   authorize_url: http://{authz}/auth
