@@ -1,5 +1,6 @@
 //! The connect tests' world: the authorization server (oidc-provider), a callback receiver
 //! and grantd wired to both, plus the URL helpers the tests share.
+#![allow(dead_code)] // each test binary uses a different subset
 
 use std::net::SocketAddr;
 use std::sync::Arc;

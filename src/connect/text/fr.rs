@@ -1,4 +1,5 @@
-//! Français. Des mots simples pour des personnes qui ne sont pas développeurs.
+//! Français. Des mots simples pour des personnes qui ne sont pas développeurs. Avant « : » et
+//! « ? », une espace insécable, comme le veut la typographie française.
 
 use super::{Message, Texts};
 
@@ -7,8 +8,8 @@ pub(super) const FR: Texts = Texts {
     app_fallback: "l’application qui vous a envoyé ici",
     continue_title: "Connecter votre compte {provider}",
     continue_lead: "Vous connectez votre compte {provider} à {app}.",
-    continue_account: "Compte : {account}",
-    continue_permissions: "Cela permet à {app} de :",
+    continue_account: "Compte : {account}",
+    continue_permissions: "Cela permet à {app} de :",
     continue_next: "Ensuite, {provider} vous demande de vous connecter et d’autoriser l’accès. Puis vous revenez ici.",
     continue_button: "Continuer vers {provider}",
     continue_expires: "Ce lien ne fonctionne qu’une fois, jusqu’au {time}.",
@@ -60,5 +61,5 @@ pub(super) const FR: Texts = Texts {
         title: "Page introuvable",
         body: "Il n’y a rien à cette adresse. Vérifiez le lien reçu, ou demandez-en un nouveau à {app}.",
     },
-    help: "Besoin d’aide ? Contactez",
+    help: "Besoin d’aide ? Contactez",
 };
