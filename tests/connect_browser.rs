@@ -284,6 +284,10 @@ async fn connect_pages_in_a_real_browser_say_who_what_and_what_next() {
     assert_eq!(fr["h1"], json!(["Connecter votre compte Example Cloud"]));
     assert!(text(fr).contains("Vous connectez votre compte Example Cloud à Acme CRM."));
     assert_eq!(fr["button"]["text"], "Continuer vers Example Cloud");
+    assert!(
+        text(fr).contains("Savoir qui vous êtes"),
+        "per-language scope text"
+    );
     for shot in [
         "connect-1-375",
         "connect-1-1280",

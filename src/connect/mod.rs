@@ -311,14 +311,16 @@ impl Connect {
     }
 
     /// Reads a connect link without using it up (what a `GET` does: mail scanners and chat
-    /// unfurlers fetch links before the user does), for the page that asks to continue.
-    pub fn preview(&self, token: &str) -> Result<Preview, ConnectError> {
+    /// unfurlers fetch links before the user does), for the page that asks to continue, in
+    /// language `lang`.
+    pub fn preview(&self, token: &str, lang: &str) -> Result<Preview, ConnectError> {
         let claims = self.read_link(token, now_ms())?;
         let req = claims.request;
         let permissions = self.clients.get(&req.integration).map_or(Vec::new(), |c| {
             scopes(c, req.scopes.as_deref())
                 .iter()
-                .filter_map(|s| c.rules.scope_descriptions.get(s).cloned())
+                .filter_map(|s| c.rules.scope_descriptions.get(s))
+                .map(|d| d.get(lang).to_string())
                 .collect()
         });
         Ok(Preview {

@@ -73,7 +73,8 @@ impl Public {
         if path == "/healthz" {
             return self.brand.page(texts, StatusCode::OK, "OK", "");
         }
-        (self.brand).message(texts, StatusCode::NOT_FOUND, "not_found", None)
+        self.brand
+            .message(texts, StatusCode::NOT_FOUND, "not_found", None)
     }
 
     async fn callback<B>(&self, texts: &Texts, req: &Request<B>) -> Response<Body> {
@@ -93,9 +94,9 @@ impl Public {
         let answer = self.connect.callback(&query, &cookies).await;
         let resp = match answer.finished {
             Finished::Redirect(url) => self.redirect(texts, &url),
-            Finished::Page(n) => {
-                (self.brand).message(texts, n.status, n.code, n.provider.as_deref())
-            }
+            Finished::Page(n) => self
+                .brand
+                .message(texts, n.status, n.code, n.provider.as_deref()),
         };
         with_cookie(resp, answer.set_cookie.as_deref())
     }
@@ -104,7 +105,7 @@ impl Public {
         let outcome = match *method {
             Method::GET | Method::HEAD => self
                 .connect
-                .preview(token)
+                .preview(token, texts.lang)
                 .map(|p| self.continue_page(texts, &p, &format!("/connect/{token}"))),
             Method::POST => self.connect.open_link(token).await.map(|opened| {
                 with_cookie(
@@ -112,7 +113,9 @@ impl Public {
                     opened.set_cookie.as_deref(),
                 )
             }),
-            _ => Ok((self.brand).message(texts, StatusCode::METHOD_NOT_ALLOWED, "not_found", None)),
+            _ => Ok(self
+                .brand
+                .message(texts, StatusCode::METHOD_NOT_ALLOWED, "not_found", None)),
         };
         outcome.unwrap_or_else(|e| self.brand.message(texts, e.status, e.code, None))
     }
@@ -164,9 +167,9 @@ impl Public {
                     .body(Full::default())
                     .expect("static response"),
             ),
-            Err(_) => {
-                (self.brand).message(texts, StatusCode::INTERNAL_SERVER_ERROR, "failed", None)
-            }
+            Err(_) => self
+                .brand
+                .message(texts, StatusCode::INTERNAL_SERVER_ERROR, "failed", None),
         }
     }
 }

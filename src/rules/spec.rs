@@ -29,7 +29,7 @@ pub(super) struct FileSpec {
     pub(super) display_name: Option<String>,
     /// Plain-words descriptions of scopes for the user ("Read your calendar"), by scope.
     #[serde(default)]
-    pub(super) scope_descriptions: BTreeMap<String, String>,
+    pub(super) scope_descriptions: BTreeMap<String, ScopeText>,
     #[serde(default)]
     pub(super) auth: Option<AuthSpec>,
     #[serde(default)]
@@ -50,13 +50,42 @@ impl FileSpec {
             }
         }
         for (scope, text) in &self.scope_descriptions {
-            if text.trim().is_empty() {
+            let texts = match text {
+                ScopeText::One(t) => vec![t],
+                ScopeText::ByLanguage(by) => by.values().collect(),
+            };
+            if texts.is_empty() || texts.iter().any(|t| t.trim().is_empty()) {
                 out.push(format!(
                     "scope_descriptions: `{scope}` has an empty description"
+                ));
+            } else if matches!(text, ScopeText::ByLanguage(by) if !by.contains_key("en")) {
+                out.push(format!(
+                    "scope_descriptions: `{scope}` needs an `en` text (the fallback)"
                 ));
             }
         }
         out
+    }
+}
+
+/// A scope's description: one text, or one per language (`{ en: Read your calendar, fr: ... }`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ScopeText {
+    One(String),
+    ByLanguage(BTreeMap<String, String>),
+}
+
+impl ScopeText {
+    /// The text for language `lang` (a primary subtag: `fr`), else English.
+    pub fn get(&self, lang: &str) -> &str {
+        match self {
+            ScopeText::One(t) => t,
+            ScopeText::ByLanguage(by) => by
+                .get(lang)
+                .or_else(|| by.get("en"))
+                .map_or("", String::as_str),
+        }
     }
 }
 
@@ -318,5 +347,21 @@ mod tests {
         let ok = "integration: x\nbase_url: https://x.example\n";
         let set = super::super::file::parse("rules/x.yaml", ok, Some("x")).unwrap();
         assert_eq!(set.display_name, "x", "without one, the id");
+        let text = "integration: x\nbase_url: https://x.example\nscope_descriptions:\n  a: Read\n  b: { en: Write, fr: Écrire }\n  c: { de: Löschen }\n  d: {}\n";
+        let errors = super::super::file::parse("rules/x.yaml", text, Some("x")).unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "rules/x.yaml:1: scope_descriptions: `c` needs an `en` text (the fallback)",
+                "rules/x.yaml:1: scope_descriptions: `d` has an empty description"
+            ]
+        );
+        let fixed = text.replace("  c: { de: Löschen }\n  d: {}\n", "");
+        let set = super::super::file::parse("rules/x.yaml", &fixed, Some("x")).unwrap();
+        let d = &set.scope_descriptions;
+        assert_eq!(
+            (d["a"].get("fr"), d["b"].get("fr"), d["b"].get("ja")),
+            ("Read", "Écrire", "Write")
+        );
     }
 }

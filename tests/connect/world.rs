@@ -39,7 +39,9 @@ pub(crate) fn rule_file(name: &str, authz: SocketAddr, client_auth: &str) -> Str
     format!(
         r#"integration: {name}
 display_name: Example Cloud
-scope_descriptions: {{ email: See your email address, openid: Know who you are }}
+scope_descriptions:
+  email: See your email address
+  openid: {{ en: Know who you are, fr: Savoir qui vous êtes }}
 base_url: http://{authz}
 auth:
   authorize_url: http://{authz}/auth
