@@ -97,12 +97,29 @@ pub fn pick(accept_language: Option<&str>) -> &'static Texts {
         .unwrap_or(SHIPPED[0])
 }
 
-/// `template` with each `{name}` replaced by its value (plain text, escaped later).
+/// `template` with each `{name}` replaced by its value (plain text, escaped later), in one
+/// pass: a value that itself contains `{provider}` stays as written.
 pub fn fill(template: &str, values: &[(&str, &str)]) -> String {
-    let mut out = template.to_string();
-    for (name, value) in values {
-        out = out.replace(&format!("{{{name}}}"), value);
+    let mut out = String::with_capacity(template.len() + 64);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let value = after
+            .find('}')
+            .and_then(|close| Some((values.iter().find(|(n, _)| *n == &after[..close])?.1, close)));
+        match value {
+            Some((value, close)) => {
+                out.push_str(value);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
     }
+    out.push_str(rest);
     out
 }
 
@@ -124,6 +141,15 @@ mod tests {
         ] {
             assert_eq!(pick(header).lang, want, "{header:?}");
         }
+    }
+
+    #[test]
+    fn placeholders_are_filled_once_and_unknown_braces_stay() {
+        let values = [("app", "Acme {provider}"), ("provider", "Slack")];
+        assert_eq!(
+            fill("{app} and {provider}, {other} {", &values),
+            "Acme {provider} and Slack, {other} {"
+        );
     }
 
     #[test]
