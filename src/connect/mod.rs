@@ -13,7 +13,7 @@ pub mod link;
 mod page;
 pub mod public;
 mod return_to;
-pub mod text;
+mod text;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
