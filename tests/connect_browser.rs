@@ -1,7 +1,8 @@
 //! Issue 16: the connect pages as end users meet them, in Debian's Chromium (headless, driven
 //! by playwright-core, `tests/browser/pages.mjs`) against oidc-provider: link → Continue page
-//! → click → consent → back at `return_to` with the connection active, and every refusal
-//! (used, expired, altered link; declined at the provider), in English and French. Each page
+//! → click → consent → back at `return_to` with the connection active, the success page, and
+//! the refusals (used, expired, altered link; declined at the provider; a reloaded, so replayed,
+//! sign-in), in English and French. Each page
 //! is checked for its words, axe-core's serious and critical violations, sideways scrolling
 //! at 320, 375 and 1280 px, a visible keyboard focus, and CSP violations; screenshots are kept
 //! in `target/browser-artifacts/`. Without Chromium or Node.js this test says SKIPPED loudly,
@@ -177,7 +178,7 @@ async fn connect_pages_in_a_real_browser_say_who_what_and_what_next() {
             { "name": "expired", "url": expired_link(&w) },
             { "name": "altered", "url": altered },
             { "name": "declined", "url": declined, "click": true },
-            { "name": "connected", "url": no_return, "click": true },
+            { "name": "connected", "url": no_return, "click": true, "reload": true },
             { "name": "french", "url": french, "locale": "fr-FR" },
         ],
     });
@@ -276,6 +277,13 @@ async fn connect_pages_in_a_real_browser_say_who_what_and_what_next() {
         "Your Example Cloud account is now connected to Acme CRM. You can close this window."
     ));
     assert_eq!(w.connection("br-3").await["status"], "active");
+    // Reloading it replays the sign-in: refused in plain words, nothing exchanged twice.
+    let replayed = &visits["connected"][2];
+    assert_usable("replayed", replayed);
+    assert_eq!(replayed["status"], 409);
+    assert_eq!(replayed["h1"], json!(["This sign-in is already finished"]));
+    assert!(text(replayed).contains("go back to Acme CRM and start again"));
+    assert_eq!(w.exchanges(), 2, "br-1 and br-3, once each");
 
     // Accept-Language: fr picks the French table.
     let fr = &visits["french"][0];

@@ -2,11 +2,12 @@
 // pages and reports what a user would see; the Rust test (tests/connect_browser.rs) decides
 // what is right. Reads a JSON plan on stdin:
 //   { "artifacts": dir, "app_html": html, "images": { "https://logo.test/x.png": base64 },
-//     "visits": [{ "name", "url", "locale"?, "click"? }] }
+//     "visits": [{ "name", "url", "locale"?, "click"?, "reload"? }] }
 // The browser reaches 127.0.0.1 directly and everything else (the app's `return_to` host)
 // through a local proxy that answers `app_html`; `images` are served by request interception.
 // For each visit, in a fresh browser context: open `url` (and, with `click`, press the page's
-// one button and follow wherever it leads); for every page reached, report its URL, status,
+// one button and follow wherever it leads; with `reload`, then reload that page, as a user
+// pressing F5 on a result page would); for every page reached, report its URL, status,
 // <html lang>, title, h1, text, axe-core's serious and critical violations, whether it scrolls
 // sideways at 320, 375 and 1280 px, the keyboard focus ring on its button, whether its images
 // loaded, and any Content-Security-Policy violation; screenshots go to `artifacts`.
@@ -110,6 +111,10 @@ for (const visit of plan.visits) {
       page.click('button'),
     ]);
     pages.push(await report(page, `${visit.name}-2`, nav && nav.status(), csp));
+  }
+  if (visit.reload) {
+    const again = await page.reload();
+    pages.push(await report(page, `${visit.name}-3`, again && again.status(), csp));
   }
   visits.push({ name: visit.name, pages });
   await context.close();
