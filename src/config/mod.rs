@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+mod branding;
 mod sections;
 mod values;
 
+pub use branding::BrandingConfig;
 pub use sections::*;
 use values::interpolate_value;
 pub use values::{interpolate, ByteSize};
