@@ -9,6 +9,7 @@ counts them, whatever else the machine does). Both proxies run as one process wi
 (examples/fake_provider.rs); counters are zeroed after a warm-up and dumped after a fixed number
 of requests (wrk), so start-up is excluded. Prints instructions per request, the ratio, and
 grantd's most expensive functions (inclusive and self) from callgrind_annotate.
+Dumps are kept as $TMPDIR/grantd-profile-{nginx,grantd}.callgrind for callgrind_annotate.
 """
 import argparse, glob, os, re, shutil, signal, subprocess, sys, tempfile, time
 
@@ -47,6 +48,9 @@ def measured(name, cmd, url, work, requests):
         proc.kill()
     dumps = sorted(glob.glob(f"{out}.*"), key=os.path.getmtime)
     dump = [d for d in dumps if os.path.getsize(d) > 0][0]
+    kept = os.path.join(tempfile.gettempdir(), f"grantd-profile-{name}.callgrind")
+    shutil.copy(dump, kept)
+    dump = kept
     total = 0
     for line in open(dump):
         if line.startswith("summary:") or line.startswith("totals:"):
@@ -59,15 +63,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--target-dir", default=os.path.join(ROOT, "target"),
+                    help="use the release build there as it is (e.g. one built with other profile settings)")
     args = ap.parse_args()
     ensure_tools()
     if not shutil.which("valgrind"):
         sys.exit("valgrind is needed (apt-get install valgrind)")
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "grantd", "--example", "fake_provider"],
-                   cwd=ROOT, check=True)
+    if args.target_dir == ap.get_default("target_dir"):
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "grantd", "--example", "fake_provider"],
+                       cwd=ROOT, check=True)
+    release = os.path.join(args.target_dir, "release")
     work = tempfile.mkdtemp(prefix="grantd-profile-")
     up = f"127.0.0.1:{PORTS['upstream']}"
-    upstream = subprocess.Popen([f"{ROOT}/target/release/examples/fake_provider", up], stderr=subprocess.DEVNULL)
+    upstream = subprocess.Popen([f"{release}/examples/fake_provider", up], stderr=subprocess.DEVNULL)
     try:
         wait_http(f"http://{up}/bench/json")
         os.makedirs(f"{work}/tmp")
@@ -84,7 +92,7 @@ def main():
         os.chdir(work)
         nginx = measured("nginx", ["nginx", "-c", f"{work}/nginx.conf", "-p", work],
                          f"http://127.0.0.1:{PORTS['nginx']}/bench/json", work, args.requests)
-        grantd = measured("grantd", [f"{ROOT}/target/release/grantd", "serve", "--config", f"{work}/grantd.yaml"],
+        grantd = measured("grantd", [f"{release}/grantd", "serve", "--config", f"{work}/grantd.yaml"],
                           f"http://127.0.0.1:{PORTS['grantd']}/plain/bench/json", work, args.requests)
         print(f"instructions per request (callgrind, one worker each, {nginx[2]:,} / {grantd[2]:,} requests)")
         print(f"  nginx   {nginx[0]:>10,.0f}")
