@@ -22,7 +22,6 @@ use super::token::{self, Failure, OAuthClient, TokenResult};
 use super::{Connection, ConnectionError, Connections};
 use crate::config::RefreshConfig;
 use crate::store::{ConnectionRow, LastError, Status, Transition};
-use crate::telemetry::RefreshOutcome;
 use crate::time::now_ms;
 use crate::upstream::UpstreamClient;
 
@@ -230,7 +229,7 @@ impl Refresher {
                 Err(e) => return transient(format!("{e}"), None),
             };
             let now = now_ms();
-            // Observed once per refresh that asked for the lease, however the wait ended.
+            // Observed once per refresh that took the lease or waited for it, however it ended.
             let lease_waited = || self.lease_waited(&row.integration, asked);
             if let Some(done) = self.already_settled(&row, seen_version, now, force) {
                 if waited {
@@ -373,9 +372,11 @@ impl Refresher {
         let client = &self.clients[&row.integration];
         let _permit = self.caps[&row.integration].acquire().await;
         let started = Instant::now();
-        let result = for_kind(self.call_token_endpoint(client, &grant).await, &grant);
+        let answer = self.call_token_endpoint(client, &grant).await;
+        // A minted token has no user behind it: a rejected grant is the operator's to fix.
+        let result = answer.minted(grant.kind.minted());
         if let Some(m) = self.connections.metrics().lifecycle(&row.integration) {
-            m.refreshed(outcome_of(&result), started.elapsed().as_secs_f64());
+            m.refreshed(result.outcome(), started.elapsed().as_secs_f64());
         }
         self.store_result(row, grant, result, client).await
     }
@@ -557,23 +558,6 @@ impl Refresher {
         let cap = self.config.backoff_max.as_millis() as i64;
         let ceiling = base.saturating_mul(1 << failures.clamp(0, 20)).min(cap);
         ceiling / 2 + jitter(ceiling / 2 + 1)
-    }
-}
-
-/// A minted token has no user behind it: a rejected grant is the operator's to fix.
-fn for_kind(result: TokenResult, grant: &Connection) -> TokenResult {
-    match result {
-        TokenResult::Connection(f) if grant.kind.minted() => TokenResult::Config(f),
-        other => other,
-    }
-}
-
-fn outcome_of(result: &TokenResult) -> RefreshOutcome {
-    match result {
-        TokenResult::Tokens(_) => RefreshOutcome::Ok,
-        TokenResult::Connection(_) => RefreshOutcome::NeedsReauth,
-        TokenResult::Config(_) => RefreshOutcome::ConfigError,
-        TokenResult::Transient(..) => RefreshOutcome::Transient,
     }
 }
 
