@@ -122,7 +122,6 @@ fn status_index(status: &str) -> Option<usize> {
 }
 
 /// The families of this file, registered in the one registry.
-#[derive(Clone)]
 pub(super) struct Families {
     upstream: Histograms,
     evaluation: Histograms,
@@ -161,7 +160,11 @@ impl Families {
             "Time to evaluate the rules on one response, by integration",
             f.evaluation.clone(),
         );
-        r.register("refresh_duration_seconds", "Token-endpoint calls (refresh or mint) by integration and outcome, and how long each took", f.refresh.clone());
+        r.register(
+            "refresh_duration_seconds",
+            "Token-endpoint calls (refresh or mint) by integration and outcome",
+            f.refresh.clone(),
+        );
         r.register(
             "lease_wait_seconds",
             "Time a refresh waited for the single-flight lease, by integration",
