@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use http::Request;
 use http_body_util::Full;
-use oauth::Provider;
+use oauth::{Mode, Provider};
 use prometheus_parse::{Scrape, Value};
 use receiver::Receiver;
 
@@ -321,6 +321,54 @@ async fn refreshes_transitions_timings_and_a_delivered_callback_are_counted() {
         ),
         Some(2.0)
     );
+}
+
+#[tokio::test]
+async fn a_rejected_client_and_an_unavailable_token_endpoint_are_counted_apart() {
+    let p = Provider::start().await;
+    p.grant("rt-1");
+    p.grant("rt-2");
+    let g = lab(&p, "");
+    put_expired(&g, "acct_cfg", "rt-1").await;
+    put_expired(&g, "acct_down", "rt-2").await;
+    p.set_mode(Mode::InvalidClient);
+    assert_eq!(call(&g, "acct_cfg").await.json()["error"], "config_error");
+    p.set_mode(Mode::Unavailable);
+    assert_eq!(call(&g, "acct_down").await.status, 503);
+    let e = scrape_until(&g, |e| {
+        e.value(
+            "grantd_connections",
+            &[("integration", "lab"), ("status", "config_error")],
+        ) == Some(1.0)
+    })
+    .await;
+    let outcome = |o| [("integration", "lab"), ("outcome", o)];
+    let refreshes = "grantd_refresh_duration_seconds";
+    assert_eq!(e.observations(refreshes, &outcome("config_error")), 1.0);
+    // The proactive loop may try the backed-off connection again once its Retry-After passed.
+    assert!(e.observations(refreshes, &outcome("transient")) >= 1.0);
+    assert_eq!(e.observations(refreshes, &outcome("ok")), 0.0);
+    let entered = |s| {
+        e.value(
+            "grantd_connection_transitions_total",
+            &[("integration", "lab"), ("status", s)],
+        )
+    };
+    assert_eq!(entered("config_error"), Some(1.0));
+    assert_eq!(
+        entered("needs_reauth"),
+        None,
+        "a transient failure is no transition"
+    );
+    assert_eq!(
+        e.value(
+            "grantd_connections",
+            &[("integration", "lab"), ("status", "active")]
+        ),
+        Some(1.0),
+        "the connection behind the unavailable endpoint stays active"
+    );
+    e.mentions_none_of(&["acct_cfg", "acct_down", oauth::CLIENT_SECRET, "127.0.0.1"]);
 }
 
 /// A port nothing listens on.
