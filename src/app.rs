@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::connect::link::Links;
 use crate::connect::public::Public;
 use crate::connect::Connect;
+use crate::connections::census;
 use crate::connections::client::oauth_clients;
 use crate::connections::credential::Accepts;
 use crate::connections::crypto::Keyring;
@@ -30,6 +31,7 @@ use crate::proxy::Proxy;
 use crate::rules::RuleSet;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
+use crate::telemetry::Metrics;
 use crate::upstream;
 
 pub use crate::connections::crypto::EXAMPLE_KEY;
@@ -62,12 +64,17 @@ impl App {
             .clone()
             .map(|l| l as Arc<dyn crate::callbacks::body::ReconnectLinks>);
         let store = control.block_on(open_store(&config.store, outbox))?;
-        let connections = Arc::new(Connections::with_cache(
-            store.clone(),
-            keys,
-            config.store.cache_ttl,
-            config.store.cache_size.0 as u64,
-        ));
+        // The one registry: every part counts into it, `/_grantd/metrics` renders it.
+        let metrics = Arc::new(Metrics::default());
+        let connections = Arc::new(
+            Connections::with_cache(
+                store.clone(),
+                keys,
+                config.store.cache_ttl,
+                config.store.cache_size.0 as u64,
+            )
+            .with_metrics(metrics.clone()),
+        );
         let clients = oauth_clients(config, &rule_sets)?;
         let tls = upstream::tls_config(&config.upstream)?;
         let token_client = upstream::client(&config.upstream, tls.clone());
@@ -87,7 +94,19 @@ impl App {
             links,
             config,
         ));
-        let proxy = proxy_with_connections(config, rule_sets, &connections, &refresher, &store)?;
+        let proxy = proxy_with_connections(
+            config,
+            rule_sets,
+            &connections,
+            &refresher,
+            &store,
+            &metrics,
+        )?;
+        control.spawn(census::run(
+            store.clone(),
+            metrics.clone(),
+            config.store.gauge_interval,
+        ));
         let (stop, stop_rx) = watch::channel(false);
 
         let admin = admin_api(
@@ -112,8 +131,10 @@ impl App {
             upstream::client(&config.upstream, tls),
             &config.callbacks,
             reconnect_links,
-        );
-        control.spawn(Arc::new(deliverer.map_err(anyhow::Error::msg)?).run());
+        )
+        .map_err(anyhow::Error::msg)?
+        .with_metrics(&metrics);
+        control.spawn(Arc::new(deliverer).run());
 
         let (proxy_addr, workers) = spawn_workers(config, &proxy, &stop_rx)?;
         let integrations: Vec<&str> = proxy.integrations().collect();
@@ -196,12 +217,14 @@ fn proxy_with_connections(
     connections: &Arc<Connections>,
     refresher: &Arc<Refresher>,
     store: &Arc<dyn Store>,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Arc<Proxy>> {
     let connections = Arc::new(ConnectionPolicy::new(
         connections.clone(),
         refresher.clone(),
     ));
-    let proxy = Proxy::new(config, rule_sets)?.with_connections(connections, store.clone());
+    let proxy = Proxy::new_in(config, rule_sets, metrics.clone())?
+        .with_connections(connections, store.clone());
     Ok(Arc::new(proxy))
 }
 

@@ -1,8 +1,14 @@
 //! Logging setup and Prometheus metrics.
 //!
 //! Owns the tracing subscriber and the metric registry. Counters are created per integration
-//! and rule at startup so the request path only increments an atomic. Nothing here may record
-//! a header value, a query string or a body: those can carry secrets.
+//! and rule at startup so the request path only increments an atomic; the metrics of the other
+//! parts (refreshes, statuses, callbacks, connect) are in [`lifecycle`]. Nothing here may
+//! record a header value, a query string or a body: those can carry secrets.
+
+mod lifecycle;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -10,6 +16,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::config::LogFormat;
+pub use lifecycle::{CallbackMetrics, ConnectOutcome, Lifecycle, RefreshOutcome, Timings};
 
 type Labels = Vec<(String, String)>;
 
@@ -36,6 +43,10 @@ pub struct Metrics {
     verdicts: Family<Labels, Counter>,
     rule_errors: Family<Labels, Counter>,
     oversize: Family<Labels, Counter>,
+    parts: lifecycle::Families,
+    /// Each integration's [`Lifecycle`], made when its route is (see [`Metrics::integration`]):
+    /// only configured integrations get series.
+    lifecycles: RwLock<HashMap<String, Arc<Lifecycle>>>,
 }
 
 /// Pre-resolved counters for one integration.
@@ -47,6 +58,7 @@ pub struct IntegrationMetrics {
     pub upstream_error: Counter,
     pub upstream_timeout: Counter,
     pub oversize: Counter,
+    pub timings: Timings,
     integration: String,
     verdicts: Family<Labels, Counter>,
     rule_errors: Family<Labels, Counter>,
@@ -79,18 +91,27 @@ impl Default for Metrics {
             "Responses a rule matched but that exceeded max_buffered_body and passed through unevaluated",
             oversize.clone(),
         );
+        let parts = lifecycle::Families::register(&mut registry);
         Metrics {
             registry,
             responses,
             verdicts,
             rule_errors,
             oversize,
+            parts,
+            lifecycles: RwLock::default(),
         }
     }
 }
 
 impl Metrics {
+    /// The request path's handles for `name`; also makes `name` known to [`Metrics::lifecycle`].
     pub fn integration(&self, name: &str) -> IntegrationMetrics {
+        self.lifecycles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(self.parts.lifecycle(name)));
         let result = |r: &str| {
             self.responses
                 .get_or_create(&vec![
@@ -109,10 +130,36 @@ impl Metrics {
                 .oversize
                 .get_or_create(&vec![("integration".into(), name.into())])
                 .clone(),
+            timings: self.parts.timings(name),
             integration: name.into(),
             verdicts: self.verdicts.clone(),
             rule_errors: self.rule_errors.clone(),
         }
+    }
+
+    /// The metrics of a configured integration outside the request path; `None` for a name
+    /// no route has (a stored connection of a removed integration): its label would be unbounded.
+    pub fn lifecycle(&self, integration: &str) -> Option<Arc<Lifecycle>> {
+        let lifecycles = self.lifecycles.read().unwrap_or_else(|p| p.into_inner());
+        lifecycles.get(integration).cloned()
+    }
+
+    /// A connect-flow outcome; `integration` is `None` when the callback's `state` said nothing.
+    pub fn connect(&self, integration: Option<&str>, outcome: ConnectOutcome) {
+        match integration.and_then(|i| self.lifecycle(i)) {
+            Some(l) => l.connect(outcome),
+            None => self.parts.connect_unattributed(outcome),
+        }
+    }
+
+    /// Sets the connection gauges from the store's `(integration, status, count)` rows.
+    pub fn set_connection_counts(&self, rows: &[(String, &str, i64)]) {
+        let lifecycles = self.lifecycles.read().unwrap_or_else(|p| p.into_inner());
+        lifecycle::set_connection_counts(&lifecycles, rows);
+    }
+
+    pub fn callbacks(&self) -> CallbackMetrics {
+        self.parts.callbacks()
     }
 
     /// Prometheus text exposition.

@@ -119,6 +119,9 @@ pub struct StoreConfig {
     /// The in-memory cache's bound, in bytes; least recently used connections go first.
     #[serde(default = "default_cache_size")]
     pub cache_size: ByteSize,
+    /// How often the connection and callback-backlog gauges are counted in the store.
+    #[serde(with = "humantime_serde", default = "d15")]
+    pub gauge_interval: Duration,
 }
 
 impl Default for StoreConfig {
@@ -130,8 +133,13 @@ impl Default for StoreConfig {
             schema: None,
             cache_ttl: d2(),
             cache_size: default_cache_size(),
+            gauge_interval: d15(),
         }
     }
+}
+
+fn d15() -> Duration {
+    Duration::from_secs(15)
 }
 
 pub(super) fn default_store_path() -> PathBuf {

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{OnceCell, Semaphore};
@@ -220,6 +220,8 @@ impl Refresher {
         let give_up = now_ms()
             + 2 * self.config.lease.as_millis() as i64
             + self.config.token_timeout.as_millis() as i64;
+        let asked = Instant::now();
+        let mut waited = false;
         loop {
             let row = match self.connections.store.get(id).await {
                 Ok(Some(row)) => row,
@@ -227,7 +229,12 @@ impl Refresher {
                 Err(e) => return transient(format!("{e}"), None),
             };
             let now = now_ms();
+            // Observed once per refresh that took the lease or waited for it, however it ended.
+            let lease_waited = || self.lease_waited(&row.integration, asked);
             if let Some(done) = self.already_settled(&row, seen_version, now, force) {
+                if waited {
+                    lease_waited();
+                }
                 return done;
             }
             if self
@@ -243,17 +250,26 @@ impl Refresher {
                 .await
                 .unwrap_or(false)
             {
+                lease_waited();
                 return self
                     .refresh_holding_lease(id, &owner, seen_version, force)
                     .await;
             }
             if now > give_up {
+                lease_waited();
                 return transient(
                     "timed out waiting for another refresher's lease".into(),
                     None,
                 );
             }
+            waited = true;
             tokio::time::sleep(self.config.lease_poll).await;
+        }
+    }
+
+    fn lease_waited(&self, integration: &str, since: Instant) {
+        if let Some(m) = self.connections.metrics().lifecycle(integration) {
+            m.lease_waited(since.elapsed().as_secs_f64());
         }
     }
 
@@ -355,7 +371,13 @@ impl Refresher {
         };
         let client = &self.clients[&row.integration];
         let _permit = self.caps[&row.integration].acquire().await;
-        let result = self.call_token_endpoint(client, &grant).await;
+        let started = Instant::now();
+        let answer = self.call_token_endpoint(client, &grant).await;
+        // A minted token has no user behind it: a rejected grant is the operator's to fix.
+        let result = answer.minted(grant.kind.minted());
+        if let Some(m) = self.connections.metrics().lifecycle(&row.integration) {
+            m.refreshed(result.outcome(), started.elapsed().as_secs_f64());
+        }
         self.store_result(row, grant, result, client).await
     }
 
@@ -394,6 +416,8 @@ impl Refresher {
         if let Err(theirs) = self.write(&row, &next, transition.clone()).await {
             return theirs;
         }
+        self.connections
+            .count_transition(&row.integration, transition.as_ref());
         log_outcome(&row, &next, transition.as_ref());
         match outcome {
             Some(o) => {
@@ -426,11 +450,6 @@ impl Refresher {
         client: &OAuthClient,
         now: i64,
     ) -> (ConnectionRow, Option<Transition>, Option<Refreshed>) {
-        // A minted token has no user behind it: a rejected grant is the operator's to fix.
-        let result = match result {
-            TokenResult::Connection(f) if grant.kind.minted() => TokenResult::Config(f),
-            other => other,
-        };
         let mut next = row.clone();
         next.version = row.version + 1;
         next.updated_at = now;

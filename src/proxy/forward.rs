@@ -136,8 +136,15 @@ impl Proxy {
         *upstream_req.uri_mut() = uri;
         *upstream_req.headers_mut() = headers;
         let sent = tokio::time::timeout(self.request_timeout, target.client.request(upstream_req));
+        let started = std::time::Instant::now();
         let resp = match sent.await {
-            Ok(Ok(resp)) => resp,
+            Ok(Ok(resp)) => {
+                route
+                    .metrics
+                    .timings
+                    .upstream(started.elapsed().as_secs_f64());
+                resp
+            }
             Ok(Err(e)) => {
                 if let Some(failure) = body_failure.as_ref().and_then(|f| f.get()) {
                     return Err(self.client_body(*failure));

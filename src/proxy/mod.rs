@@ -74,14 +74,22 @@ pub struct Proxy {
     /// Bytes of request bodies kept for replay across all workers (`server.replay_budget`).
     replay_budget: Arc<tokio::sync::Semaphore>,
     eval: EvaluationConfig,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
     /// Builds routes from the rule files and the config's overrides. An override for an
     /// integration without a rule file is a plain proxy route (it must then give `base_url`).
     pub fn new(config: &Config, rule_sets: BTreeMap<String, RuleSet>) -> anyhow::Result<Proxy> {
-        let metrics = Metrics::default();
+        Proxy::new_in(config, rule_sets, Arc::new(Metrics::default()))
+    }
+
+    /// [`Proxy::new`], its metrics in `metrics` (the registry the other parts share).
+    pub fn new_in(
+        config: &Config,
+        rule_sets: BTreeMap<String, RuleSet>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Proxy> {
         let mut routes = BTreeMap::new();
         let mut sets = rule_sets;
         for (name, over) in &config.integrations {

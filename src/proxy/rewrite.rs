@@ -69,7 +69,16 @@ impl Proxy {
             Err(passed) => return Ok((Response::from_parts(parts, passed), Signal::None)),
         };
         let outcome = match decode_for_rules(&parts.headers, &bytes, self.max_buffered_body) {
-            Ok(decoded) => crate::rules::run(route.rules.clone(), facts, decoded, &self.eval).await,
+            Ok(decoded) => {
+                let started = std::time::Instant::now();
+                let outcome =
+                    crate::rules::run(route.rules.clone(), facts, decoded, &self.eval).await;
+                route
+                    .metrics
+                    .timings
+                    .evaluation(started.elapsed().as_secs_f64());
+                outcome
+            }
             Err(message) => Outcome::RuleError {
                 rule: "(body)".into(),
                 message,
