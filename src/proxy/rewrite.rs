@@ -140,6 +140,7 @@ impl Proxy {
             Outcome::RuleError { rule, message } => {
                 metrics.rule_error.inc();
                 metrics.rule_failed(&rule);
+                crate::traces::rule_failed(&rule);
                 tracing::warn!(integration = name, rule = %rule, %message, "rule failed; response passed through unmodified");
                 let value = header_text(&format!("{name}/{rule}: {message}"));
                 parts.headers.insert(GRANTD_RULE_ERROR, value);
@@ -148,6 +149,7 @@ impl Proxy {
             Outcome::Verdict(v) => {
                 metrics.rewritten.inc();
                 metrics.verdict(&v.rule, v.action.as_str());
+                crate::traces::verdict(&v.rule, v.action.as_str());
                 tracing::debug!(integration = name, rule = %v.rule, status = v.status, action = v.action.as_str(), "response rewritten");
                 let signal = signal_of(name, &v, parts.status.as_u16());
                 apply_verdict(name, &v, &mut parts);
