@@ -26,25 +26,39 @@ type Labels = Vec<(String, String)>;
 /// is the OpenTelemetry layer when traces are on (see `traces`); its spans never reach the
 /// log lines, so logs read the same either way.
 pub fn init_logging(format: LogFormat, traces: Option<TraceLayer>) {
-    use std::io::IsTerminal;
-    use tracing_subscriber::filter::{filter_fn, FilterExt as _};
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
+    // A second init (tests start several servers in one process) is harmless. Without traces
+    // there is no layer at all: an empty one would still have every span made and stored.
+    let _ = match traces {
+        Some(traces) => tracing_subscriber::registry()
+            .with(traces)
+            .with(log_lines(format))
+            .try_init(),
+        None => tracing_subscriber::registry()
+            .with(log_lines(format))
+            .try_init(),
+    };
+}
+
+/// Log lines to stderr, at the level `GRANTD_LOG` sets, without the spans that are traces.
+fn log_lines<S>(format: LogFormat) -> impl Layer<S> + Send + Sync
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use std::io::IsTerminal;
+    use tracing_subscriber::filter::{filter_fn, FilterExt as _};
     let filter = tracing_subscriber::EnvFilter::try_from_env("GRANTD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let not_a_trace_span = filter_fn(|meta| !(meta.is_span() && meta.target() == TRACE_TARGET));
-    let logs = tracing_subscriber::fmt::layer()
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let logs = match format {
-        LogFormat::Json => logs.json().boxed(),
-        LogFormat::Text => logs.boxed(),
+    let lines = match format {
+        LogFormat::Json => lines.json().boxed(),
+        LogFormat::Text => lines.boxed(),
     };
-    // A second init (tests start several servers in one process) is harmless.
-    let _ = tracing_subscriber::registry()
-        .with(traces)
-        .with(logs.with_filter(filter.and(not_a_trace_span)))
-        .try_init();
+    lines.with_filter(filter.and(not_a_trace_span))
 }
 
 /// The metric families; see `/_grantd/metrics`.

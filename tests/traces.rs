@@ -391,6 +391,10 @@ async fn spans_reach_a_collector_with_parents_context_and_no_secrets() {
 /// the app's trace context by default, and passes it on unchanged where an integration opts in.
 #[tokio::test]
 async fn with_traces_off_traceparent_is_stripped_unless_an_integration_forwards_it() {
+    // Logging as `grantd serve` sets it up without traces: grantd's spans are not even made.
+    grantd::telemetry::init_logging(grantd::config::LogFormat::Text, None);
+    assert!(grantd::traces::request(&http::Method::GET, "plain").is_disabled());
+    assert!(grantd::traces::refresh().is_disabled());
     let echo_addr = upstream(echo()).await;
     let g = grantd(&format!(
         "integrations:\n  plain: {{ base_url: \"http://{echo_addr}\" }}\n  fwd: {{ base_url: \"http://{echo_addr}\", forward_traceparent: true }}\n"
