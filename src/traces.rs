@@ -36,6 +36,9 @@ pub use crate::telemetry::TRACE_TARGET as TARGET;
 /// How long one export may take; a collector that hangs costs a dropped batch, nothing more.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the exit waits for the last spans to reach the collector.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The running exporter. Drop it only through [`Traces::shutdown`], which flushes.
 pub struct Traces {
     provider: SdkTracerProvider,
@@ -86,9 +89,10 @@ impl Traces {
             .boxed()
     }
 
-    /// Exports every span still queued, then stops the exporter.
+    /// Exports every span still queued, then stops the exporter; a collector that does not
+    /// answer holds the exit up for [`FLUSH_TIMEOUT`] at most.
     pub fn shutdown(self) {
-        if let Err(e) = self.provider.shutdown() {
+        if let Err(e) = self.provider.shutdown_with_timeout(FLUSH_TIMEOUT) {
             tracing::warn!(error = %e, "could not flush the last spans to the collector");
         }
     }

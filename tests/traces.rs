@@ -412,3 +412,46 @@ async fn with_traces_off_traceparent_is_stripped_unless_an_integration_forwards_
     assert_eq!(forwarded["traceparent"], traceparent.as_str());
     assert_eq!(forwarded["tracestate"], "app=1");
 }
+
+/// A collector that accepts connections and never answers: requests do not wait for it, and
+/// the exit waits for the last flush for `traces::FLUSH_TIMEOUT` at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_costs_requests_nothing_and_the_exit_five_seconds() {
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = hole.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = hole.accept().await {
+            held.push(conn); // read nothing, answer nothing
+        }
+    });
+    let echo_addr = upstream(echo()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    let text = format!(
+        "listen: 127.0.0.1:0\nworkers: 1\nrules_dir: rules\nstore: {{ path: grantd.db }}\nencryption: {{ key: {TEST_KEY} }}\nadmin: {{ listen: 127.0.0.1:0, token: {ADMIN_TOKEN} }}\ntelemetry: {{ otlp_endpoint: \"http://{collector}\" }}\nintegrations:\n  plain: {{ base_url: \"http://{echo_addr}\" }}\n"
+    );
+    std::fs::write(dir.path().join("grantd.yaml"), text).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_grantd"));
+    command
+        .args(["serve", "--config"])
+        .arg(dir.path().join("grantd.yaml"))
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50");
+    let mut g = spawned::spawn_command(command);
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        assert_eq!(call(g.proxy, "/plain/x", &[]).await.status, 200);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopping = std::time::Instant::now();
+    let exit = g.terminate(Duration::from_secs(30)).expect("grantd exits");
+    assert!(exit.success(), "{exit:?}");
+    let took = stopping.elapsed();
+    assert!(
+        took < grantd::traces::FLUSH_TIMEOUT + Duration::from_secs(3),
+        "{took:?}"
+    );
+    let log = g.log.lock().unwrap().clone();
+    assert!(log.contains("could not flush the last spans"), "{log}");
+}
