@@ -107,7 +107,11 @@ fn serve(path: &Path) -> ExitCode {
     };
     let traces = match crate::traces::Traces::start(&config.telemetry, &config.upstream) {
         Ok(t) => t,
-        Err(e) => return fail(&format!("telemetry.otlp_endpoint: {e:#}")),
+        Err(e) => {
+            return fail(&format!(
+                "cannot start traces (telemetry.otlp_endpoint): {e:#}"
+            ))
+        }
     };
     crate::telemetry::init_logging(config.log.format, traces.as_ref().map(|t| t.layer()));
     let rule_sets = match rules::load_dir(&config.rules_dir) {

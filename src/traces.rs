@@ -39,7 +39,7 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the exit waits for the last spans to reach the collector.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The running exporter. Drop it only through [`Traces::shutdown`], which flushes.
+/// The running exporter. [`Traces::shutdown`] flushes it, waiting a bounded time.
 pub struct Traces {
     provider: SdkTracerProvider,
 }
