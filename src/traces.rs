@@ -118,20 +118,30 @@ pub fn request(method: &Method, integration: &str) -> Span {
     )
 }
 
-/// The status grantd answered the app with; a 5xx marks the request span as failed.
-pub fn responded(request: &Span, status: u16) {
+/// How the request ended, recorded once: the status grantd answered with (a 5xx marks the
+/// span failed), the provider's status (`None` when grantd answered itself), and the rule and
+/// action of a verdict or refusal.
+pub fn responded(
+    request: &Span,
+    status: u16,
+    upstream: Option<u16>,
+    rule: Option<&str>,
+    action: Option<&str>,
+) {
     // As i64: the OpenTelemetry layer records unsigned integers as text.
     request.record("http.response.status_code", i64::from(status));
     if status >= 500 {
         request.record("otel.status_code", "error");
     }
-}
-
-/// The rule that rewrote the response, and its action, on the current request span.
-pub fn verdict(rule: &str, action: &str) {
-    let span = Span::current();
-    span.record("grantd.rule", rule);
-    span.record("grantd.action", action);
+    if let Some(upstream) = upstream {
+        request.record("grantd.upstream.status_code", i64::from(upstream));
+    }
+    if let Some(rule) = rule {
+        request.record("grantd.rule", rule);
+    }
+    if let Some(action) = action {
+        request.record("grantd.action", action);
+    }
 }
 
 /// A rule that failed (the response passed through), on the current request span.
@@ -154,11 +164,9 @@ pub fn upstream(method: &Method, integration: &str) -> Span {
     )
 }
 
-/// The provider answered with `status`: on the upstream span, and on the request span (the
-/// current one once the exchange is over) as the upstream status.
+/// The provider answered this exchange with `status`.
 pub fn upstream_answered(upstream: &Span, status: u16) {
     upstream.record("http.response.status_code", i64::from(status));
-    Span::current().record("grantd.upstream.status_code", i64::from(status));
 }
 
 /// The exchange failed before any response (`timeout`, `unreachable`).

@@ -262,6 +262,21 @@ async fn spans_reach_a_collector_with_parents_context_and_no_secrets() {
     let got = call(g.proxy, "/lab/whoami", &[("grantd-connection", "c1")]).await;
     assert_eq!(got.status, 200, "{:?}", got.body);
 
+    // A token the provider no longer takes: 401, one refresh, one replay.
+    provider.grant("rt-trace-2");
+    let body = serde_json::json!({"integration": "lab", "credentials": {"access_token": "at-revoked-trace", "refresh_token": "rt-trace-2", "expires_in": 3600}});
+    assert_eq!(
+        admin(g.admin, "PUT", "/v1/connections/c2", Some(body))
+            .await
+            .status,
+        200
+    );
+    let got = call(g.proxy, "/lab/whoami", &[("grantd-connection", "c2")]).await;
+    assert_eq!(got.status, 200, "{:?}", got.body);
+    // grantd's own answer: no provider involved.
+    let got = call(g.proxy, "/lab/whoami", &[("grantd-connection", "nobody")]).await;
+    assert_eq!(got.status, 404);
+
     assert!(
         received.lock().unwrap().spans.is_empty(),
         "spans are batched, not sent per request"
@@ -334,7 +349,9 @@ async fn spans_reach_a_collector_with_parents_context_and_no_secrets() {
     );
 
     // Refresh (with its lease wait and token call) and upstream call under the request.
-    let lab = r.one("the connection's request", |s| s.name == "GET /lab/{path}");
+    let lab = r.one("the request that waited for the lease", |s| {
+        s.name == "GET /lab/{path}" && r.children(s, "GET lab").len() == 1
+    });
     assert_eq!(lab.kind, SpanKind::Server as i32);
     assert_eq!(int_attr(lab, "http.response.status_code"), 200);
     let refresh = r.children(lab, "refresh");
@@ -365,14 +382,42 @@ async fn spans_reach_a_collector_with_parents_context_and_no_secrets() {
     assert!(upstream[0].start_time_unix_nano >= refresh.end_time_unix_nano);
     assert_eq!(int_attr(upstream[0], "http.response.status_code"), 200);
 
+    // The replayed request: both exchanges, the refresh between them, the final statuses once.
+    let replayed = r.one("the replayed request", |s| {
+        s.name == "GET /lab/{path}"
+            && int_attr(s, "http.response.status_code") == 200
+            && s.span_id != lab.span_id
+    });
+    let exchanges = r.children(replayed, "GET lab");
+    let statuses: Vec<i64> = exchanges
+        .iter()
+        .map(|s| int_attr(s, "http.response.status_code"))
+        .collect();
+    assert_eq!(statuses, [401, 200]);
+    let refresh = r.children(replayed, "refresh");
+    assert_eq!(refresh.len(), 1);
+    assert!(refresh[0].start_time_unix_nano >= exchanges[0].end_time_unix_nano);
+    assert!(refresh[0].end_time_unix_nano <= exchanges[1].start_time_unix_nano);
+    assert_eq!(int_attr(replayed, "grantd.upstream.status_code"), 200);
+
+    // A refusal: grantd answered, no provider status, no upstream span.
+    let refused = r.one("the refused request", |s| {
+        s.name == "GET /lab/{path}" && int_attr(s, "http.response.status_code") == 404
+    });
+    assert!(value(&refused.attributes, "grantd.upstream.status_code").is_none());
+    assert!(r.children(refused, "GET lab").is_empty());
+
     // No secret anywhere: not the path's, the query's, the app's token nor any OAuth token.
     let tokens = provider.all_tokens();
     let mut secrets: Vec<&str> = SECRETS.to_vec();
     secrets.extend(tokens.iter().map(String::as_str));
     secrets.extend([
         "at-stale-trace",
+        "at-revoked-trace",
         "rt-trace-1",
+        "rt-trace-2",
         "items/",
+        "nobody", // a connection id: not a secret, but never recorded either
         oauth::CLIENT_SECRET,
     ]);
     assert!(

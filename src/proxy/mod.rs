@@ -234,7 +234,7 @@ impl Proxy {
                             .instrument(span.clone())
                             .await
                             .unwrap_or_else(|f| f.respond(Some(&name)));
-                        traces::responded(&span, resp.status().as_u16());
+                        respond::trace(&span, &resp);
                         resp
                     }
                 }

@@ -149,7 +149,6 @@ impl Proxy {
             Outcome::Verdict(v) => {
                 metrics.rewritten.inc();
                 metrics.verdict(&v.rule, v.action.as_str());
-                crate::traces::verdict(&v.rule, v.action.as_str());
                 tracing::debug!(integration = name, rule = %v.rule, status = v.status, action = v.action.as_str(), "response rewritten");
                 let signal = signal_of(name, &v, parts.status.as_u16());
                 apply_verdict(name, &v, &mut parts);
