@@ -168,6 +168,7 @@ impl Proxy {
                 return Err(Failure::UpstreamTimeout(message));
             }
         };
+        drop(span); // the exchange ends with the response headers; rules are the request's
         let origin = base.origin();
         self.rewrite(target, &method, &origin, resp, grant.is_some())
             .await

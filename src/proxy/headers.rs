@@ -3,8 +3,8 @@
 //! Owns header hygiene both ways: the caller's token and the named connection are taken out
 //! (neither ever reaches the provider), hop-by-hop and `Grantd-*` headers are dropped, and
 //! `Accept-Encoding` is narrowed to codings rules can read, W3C trace context goes on only
-//! where an integration asks for it. It decides nothing about whether a
-//! caller or connection may be used (that is `callers` and [`super::connection`]).
+//! where an integration asks for it. It decides nothing about whether a caller or connection
+//! may be used (that is `callers` and [`super::connection`]).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
