@@ -15,25 +15,57 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use tracing_subscriber::Layer;
+
 use crate::config::LogFormat;
 pub use lifecycle::{CallbackMetrics, ConnectOutcome, Lifecycle, RefreshOutcome, Timings};
 
+/// The target of every span grantd exports (see `traces`). Logs never show these spans, and
+/// the exporter sees nothing else (no log event, no library's span).
+pub const TRACE_TARGET: &str = "grantd::traces";
+
+/// A layer under the log lines, on the bare registry (the OpenTelemetry one).
+pub type TraceLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+
 type Labels = Vec<(String, String)>;
 
-/// Installs the global subscriber; `GRANTD_LOG` (env-filter syntax) sets the level.
-pub fn init_logging(format: LogFormat) {
+/// Installs the global subscriber; `GRANTD_LOG` (env-filter syntax) sets the level. `traces`
+/// is the OpenTelemetry layer when traces are on (see `traces`); its spans never reach the
+/// log lines, so logs read the same either way.
+pub fn init_logging(format: LogFormat, traces: Option<TraceLayer>) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // A second init (tests start several servers in one process) is harmless. Without traces
+    // there is no layer at all: an empty one would still have every span made and stored.
+    let _ = match traces {
+        Some(traces) => tracing_subscriber::registry()
+            .with(traces)
+            .with(log_lines(format))
+            .try_init(),
+        None => tracing_subscriber::registry()
+            .with(log_lines(format))
+            .try_init(),
+    };
+}
+
+/// Log lines to stderr, at the level `GRANTD_LOG` sets, without the spans that are traces.
+fn log_lines<S>(format: LogFormat) -> impl Layer<S> + Send + Sync
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use std::io::IsTerminal;
+    use tracing_subscriber::filter::{filter_fn, FilterExt as _};
     let filter = tracing_subscriber::EnvFilter::try_from_env("GRANTD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let not_a_trace_span = filter_fn(|meta| !(meta.is_span() && meta.target() == TRACE_TARGET));
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    // A second init (tests start several servers in one process) is harmless.
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let lines = match format {
+        LogFormat::Json => lines.json().boxed(),
+        LogFormat::Text => lines.boxed(),
     };
+    lines.with_filter(filter.and(not_a_trace_span))
 }
 
 /// The metric families; see `/_grantd/metrics`.

@@ -12,10 +12,12 @@ use serde_yaml_ng::Value;
 
 mod branding;
 mod sections;
+mod telemetry;
 mod values;
 
 pub use branding::BrandingConfig;
 pub use sections::*;
+pub use telemetry::TelemetryConfig;
 use values::interpolate_value;
 pub use values::{interpolate, ByteSize};
 
@@ -53,6 +55,9 @@ pub struct Config {
     pub evaluation: EvaluationConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// OpenTelemetry traces (off unless `telemetry.otlp_endpoint` is set).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     #[serde(default)]
     pub store: StoreConfig,
     /// Required by `serve`: tokens are encrypted at rest with it.
@@ -89,6 +94,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             evaluation: EvaluationConfig::default(),
             log: LogConfig::default(),
+            telemetry: TelemetryConfig::default(),
             store: StoreConfig::default(),
             encryption: None,
             admin: AdminConfig::default(),
@@ -182,6 +188,7 @@ impl Config {
             ));
         }
         self.connect.validate()?;
+        self.telemetry.validate()?;
         for (name, i) in &self.integrations {
             if let Some(r) = &i.redirect_uri {
                 ConnectConfig {
@@ -327,6 +334,37 @@ mod tests {
             !shown.contains("c2VjcmV0") && !shown.contains("hunter2") && !shown.contains("s3cr3t"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn traces_are_off_by_default_and_the_endpoint_is_checked() {
+        let c = Config::parse("", &env).unwrap();
+        assert_eq!(c.telemetry.traces_url(), None);
+        let c = Config::parse(
+            "telemetry: { otlp_endpoint: \"http://collector:4318/\", service_name: edge }\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.telemetry.traces_url().as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        assert_eq!(c.telemetry.service_name, "edge");
+        for (text, expected) in [
+            (
+                "telemetry: { otlp_endpoint: collector:4318 }",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "telemetry: { otlp_endpoint: \"http://c:4318?x=1\" }",
+                "no query",
+            ),
+            ("telemetry: { sample_ratio: 1.5 }", "telemetry.sample_ratio"),
+            ("telemetry: { otlp_endpoit: x }", "otlp_endpoit"),
+        ] {
+            let e = Config::parse(text, &env).unwrap_err();
+            assert!(e.contains(expected), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -510,6 +510,10 @@ pub struct IntegrationConfig {
     /// Scopes asked for when a connect request names none.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Send W3C `traceparent`/`tracestate` on to the provider (grantd's upstream span when
+    /// traces are on, else the app's). Off: they are stripped.
+    #[serde(default)]
+    pub forward_traceparent: bool,
 }
 
 impl std::fmt::Debug for IntegrationConfig {
@@ -526,6 +530,7 @@ impl std::fmt::Debug for IntegrationConfig {
             .field("authorize_url", &self.authorize_url)
             .field("redirect_uri", &self.redirect_uri)
             .field("scopes", &self.scopes)
+            .field("forward_traceparent", &self.forward_traceparent)
             .finish()
     }
 }

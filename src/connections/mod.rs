@@ -21,6 +21,7 @@ pub mod import;
 pub mod mint;
 mod proactive;
 pub mod refresh;
+mod refreshed;
 pub mod revoke;
 pub mod timing;
 pub mod token;

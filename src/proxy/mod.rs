@@ -36,6 +36,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 
 pub use connection::ConnectionPolicy;
 #[doc(hidden)]
@@ -52,6 +53,7 @@ use crate::rules::RuleSet;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::template::Urls;
+use crate::traces;
 use crate::upstream::{self, UpstreamClient};
 use forward::Head;
 use respond::Failure;
@@ -107,7 +109,11 @@ impl Proxy {
             let urls = set
                 .urls(config.integrations.get(&name))
                 .map_err(anyhow::Error::msg)?;
-            let route = Route::new(&name, urls, set, metrics.integration(&name))?;
+            let mut route = Route::new(&name, urls, set, metrics.integration(&name))?;
+            route.forward_traceparent = config
+                .integrations
+                .get(&name)
+                .is_some_and(|i| i.forward_traceparent);
             routes.insert(name, route);
         }
         let budget = config.server.replay_budget.0;
@@ -229,9 +235,15 @@ impl Proxy {
                             route: r,
                             rest: &rest,
                         };
-                        self.integration(target, req)
+                        let span = traces::request(req.method(), &name);
+                        traces::continue_from(&span, req.headers());
+                        let resp = self
+                            .integration(target, req)
+                            .instrument(span.clone())
                             .await
-                            .unwrap_or_else(|f| f.respond(Some(&name)))
+                            .unwrap_or_else(|f| f.respond(Some(&name)));
+                        respond::trace(&span, &resp);
+                        resp
                     }
                 }
             }

@@ -1,5 +1,6 @@
 //! The last phase: every way a request can fail, typed, and the one table that turns each into
-//! the response the app sees; and the headers a rule's verdict puts on a rewritten response.
+//! the response the app sees; the headers a rule's verdict puts on a rewritten response; and
+//! what the request's trace span records from those headers.
 //!
 //! Owns the wording, status, `Grantd-*` headers and JSON shape of grantd's own answers. It
 //! decides nothing: the phases above choose the [`Failure`], this module only says it. It must
@@ -198,6 +199,25 @@ fn refused(id: &str, refusal: Refusal) -> Said {
         },
         Refusal::Broken(e) => said(S::INTERNAL_SERVER_ERROR, "connection_unusable", e),
     }
+}
+
+/// Records on the request span how `resp` came about, as its `Grantd-*` headers say: a
+/// verdict's rule, action and original status; a refusal's action; else the provider's status.
+pub(super) fn trace(span: &tracing::Span, resp: &Response<Body>) {
+    if span.is_disabled() {
+        return;
+    }
+    let h = resp.headers();
+    let text = |name: &HeaderName| h.get(name).and_then(|v| v.to_str().ok());
+    let status = resp.status().as_u16();
+    let upstream = match text(&GRANTD_ORIGINAL_STATUS) {
+        Some(original) => original.parse().ok(),
+        None if h.contains_key(GRANTD_ERROR) => None, // grantd's own answer
+        None => Some(status),
+    };
+    // `Grantd-Rule` is `{integration}/{rule}`; the span has the integration already.
+    let rule = text(&GRANTD_RULE).map(|r| r.split_once('/').map_or(r, |(_, rule)| rule));
+    crate::traces::responded(span, status, upstream, rule, text(&GRANTD_ACTION));
 }
 
 /// Puts a verdict on the provider's response: the new status, `Grantd-*` headers naming the

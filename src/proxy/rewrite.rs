@@ -149,6 +149,7 @@ impl Proxy {
             Outcome::RuleError { rule, message } => {
                 metrics.rule_error.inc();
                 metrics.rule_failed(&rule);
+                crate::traces::rule_failed(&rule);
                 tracing::warn!(integration = name, rule = %rule, %message, "rule failed; response passed through unmodified");
                 let value = header_text(&format!("{name}/{rule}: {message}"));
                 parts.headers.insert(GRANTD_RULE_ERROR, value);
