@@ -10,8 +10,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+mod ops;
 mod sections;
 mod values;
+
+pub use ops::OpsConfig;
 
 pub use sections::*;
 use values::interpolate_value;
@@ -64,6 +67,9 @@ pub struct Config {
     pub callbacks: CallbacksConfig,
     #[serde(default)]
     pub connect: ConnectConfig,
+    /// The probes-and-scrapes listener, when `ops.listen` is set.
+    #[serde(default)]
+    pub ops: OpsConfig,
     /// Applications allowed to use the proxy port. None: the port is open (a sidecar on
     /// loopback); any non-loopback `listen` then also needs `allow_unauthenticated_callers`.
     #[serde(default)]
@@ -93,6 +99,7 @@ impl Default for Config {
             refresh: RefreshConfig::default(),
             callbacks: CallbacksConfig::default(),
             connect: ConnectConfig::default(),
+            ops: OpsConfig::default(),
             callers: Vec::new(),
             allow_unauthenticated_callers: false,
             integrations: BTreeMap::new(),
@@ -180,6 +187,7 @@ impl Config {
             ));
         }
         self.connect.validate()?;
+        self.ops.validate(&self.listeners())?;
         for (name, i) in &self.integrations {
             if let Some(r) = &i.redirect_uri {
                 ConnectConfig {
@@ -191,6 +199,17 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The other listeners grantd serves, each with its key.
+    fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let admin_on = self.admin.token.as_deref().is_some_and(|t| !t.is_empty());
+        let admin = admin_on.then_some(("admin.listen", self.admin.listen));
+        let connect = self.connect.listen.map(|a| ("connect.listen", a));
+        [Some(("listen", self.listen)), admin, connect]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }
 
