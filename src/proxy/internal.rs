@@ -9,7 +9,6 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use serde_json::json;
-
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
