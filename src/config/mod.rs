@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+mod branding;
 mod ops;
 mod sections;
 mod values;
 
+pub use branding::BrandingConfig;
 pub use ops::OpsConfig;
-
 pub use sections::*;
 use values::interpolate_value;
 pub use values::{interpolate, ByteSize};
