@@ -42,12 +42,16 @@ pub struct App {
     pub admin_addr: Option<SocketAddr>,
     /// The public connect listener, when `connect.listen` is set.
     pub connect_addr: Option<SocketAddr>,
+    /// The probes-and-scrapes listener, when `ops.listen` is set.
+    pub ops_addr: Option<SocketAddr>,
     pub connect: Arc<Connect>,
     pub connections: Arc<Connections>,
     /// The store itself, for those that keep more than connections (tests, tools).
     pub store: Arc<dyn crate::store::Store>,
     pub refresher: Arc<Refresher>,
     stop: watch::Sender<bool>,
+    /// Sent once the proxy has drained: the ops listener answers readyz 503 until then.
+    drained: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
     control: Option<tokio::runtime::Runtime>,
 }
@@ -136,18 +140,28 @@ impl App {
         .with_metrics(&metrics);
         control.spawn(Arc::new(deliverer).run());
 
+        let (drained, drained_rx) = watch::channel(false);
+        let ops_addr = match config.ops.listen {
+            Some(addr) => Some(serve_on(&control, addr, "ops.listen", |l| {
+                let (config, draining) = (config.server.clone(), stop_rx.clone());
+                proxy.clone().serve_ops(l, config, draining, drained_rx)
+            })?),
+            None => None,
+        };
         let (proxy_addr, workers) = spawn_workers(config, &proxy, &stop_rx)?;
         let integrations: Vec<&str> = proxy.integrations().collect();
-        tracing::info!(listen = %proxy_addr, admin = ?admin_addr, workers = config.workers, integrations = ?integrations, "grantd proxy listening");
+        tracing::info!(listen = %proxy_addr, admin = ?admin_addr, ops = ?ops_addr, workers = config.workers, integrations = ?integrations, "grantd proxy listening");
         Ok(App {
             proxy_addr,
             admin_addr,
             connect_addr,
+            ops_addr,
             connect,
             connections,
             store,
             refresher,
             stop,
+            drained,
             workers,
             control: Some(control),
         })
@@ -162,6 +176,7 @@ impl App {
                 Err(_) => anyhow::bail!("a worker thread panicked"),
             }
         }
+        let _ = self.drained.send(true);
         if let Some(control) = self.control.take() {
             control.shutdown_timeout(Duration::from_secs(5));
         }

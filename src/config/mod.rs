@@ -11,11 +11,13 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 mod branding;
+mod ops;
 mod sections;
 mod telemetry;
 mod values;
 
 pub use branding::BrandingConfig;
+pub use ops::OpsConfig;
 pub use sections::*;
 pub use telemetry::TelemetryConfig;
 use values::interpolate_value;
@@ -71,6 +73,9 @@ pub struct Config {
     pub callbacks: CallbacksConfig,
     #[serde(default)]
     pub connect: ConnectConfig,
+    /// The probes-and-scrapes listener, when `ops.listen` is set.
+    #[serde(default)]
+    pub ops: OpsConfig,
     /// Applications allowed to use the proxy port. None: the port is open (a sidecar on
     /// loopback); any non-loopback `listen` then also needs `allow_unauthenticated_callers`.
     #[serde(default)]
@@ -101,6 +106,7 @@ impl Default for Config {
             refresh: RefreshConfig::default(),
             callbacks: CallbacksConfig::default(),
             connect: ConnectConfig::default(),
+            ops: OpsConfig::default(),
             callers: Vec::new(),
             allow_unauthenticated_callers: false,
             integrations: BTreeMap::new(),
@@ -189,6 +195,7 @@ impl Config {
         }
         self.connect.validate()?;
         self.telemetry.validate()?;
+        self.ops.validate(&self.listeners())?;
         for (name, i) in &self.integrations {
             if let Some(r) = &i.redirect_uri {
                 ConnectConfig {
@@ -200,6 +207,17 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The other listeners grantd serves, each with its key.
+    fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let admin_on = self.admin.token.as_deref().is_some_and(|t| !t.is_empty());
+        let admin = admin_on.then_some(("admin.listen", self.admin.listen));
+        let connect = self.connect.listen.map(|a| ("connect.listen", a));
+        [Some(("listen", self.listen)), admin, connect]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }
 

@@ -37,6 +37,9 @@ pub(super) enum Failure {
     },
     /// `/_grantd/{path}` that does not exist.
     UnknownInternal(String),
+    /// Anything but `/_grantd/{healthz,readyz,metrics}` on the ops listener (the path is not
+    /// echoed: it may carry a secret).
+    NotOps,
     /// A `.` or `..` segment in any reading of the path.
     DotSegment,
     Caller(CallerRefusal),
@@ -118,6 +121,7 @@ impl Failure {
                 ..said(S::NOT_FOUND, "unknown_integration", format!("no integration `{name}`; requests look like /{{integration}}/{{path}}"))
             },
             Failure::UnknownInternal(path) => said(S::NOT_FOUND, "not_found", format!("no internal endpoint /_grantd/{path}")),
+            Failure::NotOps => said(S::NOT_FOUND, "not_found", "the ops listener serves only /_grantd/healthz, /_grantd/readyz and /_grantd/metrics".into()),
             Failure::DotSegment => said(S::BAD_REQUEST, "bad_path", "`.` and `..` path segments are refused".into()),
             Failure::Caller(CallerRefusal::Unauthenticated) => said(S::UNAUTHORIZED, "caller_unauthenticated", "this grantd authenticates its callers: send Proxy-Authorization: Bearer {caller token}".into()),
             Failure::Caller(CallerRefusal::Forbidden { caller, what }) => said(S::FORBIDDEN, "caller_forbidden", format!("caller `{caller}` may not use {what}")),
