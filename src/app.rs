@@ -27,6 +27,7 @@ use crate::connections::token::OAuthClient;
 use crate::connections::Connections;
 use crate::proxy::ConnectionPolicy;
 use crate::proxy::Proxy;
+use crate::reload::{Baseline, Reloads};
 use crate::rules::RuleSet;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
@@ -45,6 +46,7 @@ pub struct App {
     /// The store itself, for those that keep more than connections (tests, tools).
     pub store: Arc<dyn crate::store::Store>,
     pub refresher: Arc<Refresher>,
+    reloads: Reloads,
     stop: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
     control: Option<tokio::runtime::Runtime>,
@@ -87,7 +89,15 @@ impl App {
             links,
             config,
         ));
+        let baseline = Baseline::of(&rule_sets);
         let proxy = proxy_with_connections(config, rule_sets, &connections, &refresher, &store)?;
+        let reloads = Reloads::start(
+            proxy.clone(),
+            &config.rules_dir,
+            config.reload.watch,
+            baseline,
+            control.handle(),
+        );
         let (stop, stop_rx) = watch::channel(false);
 
         let admin = admin_api(
@@ -116,7 +126,7 @@ impl App {
         control.spawn(Arc::new(deliverer.map_err(anyhow::Error::msg)?).run());
 
         let (proxy_addr, workers) = spawn_workers(config, &proxy, &stop_rx)?;
-        let integrations: Vec<&str> = proxy.integrations().collect();
+        let integrations = proxy.integrations();
         tracing::info!(listen = %proxy_addr, admin = ?admin_addr, workers = config.workers, integrations = ?integrations, "grantd proxy listening");
         Ok(App {
             proxy_addr,
@@ -126,10 +136,16 @@ impl App {
             connections,
             store,
             refresher,
+            reloads,
             stop,
             workers,
             control: Some(control),
         })
+    }
+
+    /// Reloads the rule files (what SIGHUP does); the outcome is logged and counted.
+    pub fn reload(&self) {
+        self.reloads.request();
     }
 
     /// Stops accepting, drains the workers' connections, stops the control plane.
@@ -221,7 +237,8 @@ fn admin_api(
     };
     let accepts: HashMap<String, Accepts> = proxy
         .rule_sets()
-        .map(|(name, set)| (name.to_string(), Accepts::of(set)))
+        .into_iter()
+        .map(|(name, set)| (name, Accepts::of(&set)))
         .collect();
     let integrations = proxy
         .urls()

@@ -36,6 +36,7 @@ pub struct Metrics {
     verdicts: Family<Labels, Counter>,
     rule_errors: Family<Labels, Counter>,
     oversize: Family<Labels, Counter>,
+    pub runtime: RuntimeMetrics,
 }
 
 /// Pre-resolved counters for one integration.
@@ -79,12 +80,14 @@ impl Default for Metrics {
             "Responses a rule matched but that exceeded max_buffered_body and passed through unevaluated",
             oversize.clone(),
         );
+        let runtime = RuntimeMetrics::register(&mut registry);
         Metrics {
             registry,
             responses,
             verdicts,
             rule_errors,
             oversize,
+            runtime,
         }
     }
 }
@@ -142,4 +145,65 @@ impl IntegrationMetrics {
             ])
             .inc();
     }
+}
+
+/// Hot reload and rate-limit memory (`reload`, `proxy::ratelimit`).
+#[derive(Clone)]
+pub struct RuntimeMetrics {
+    pub reloads: Counter,
+    pub reload_errors: Counter,
+    ratelimited: Family<Labels, Counter>,
+    cooldowns: Family<Labels, Counter>,
+}
+
+impl RuntimeMetrics {
+    fn register(registry: &mut Registry) -> RuntimeMetrics {
+        let m = RuntimeMetrics {
+            reloads: Counter::default(),
+            reload_errors: Counter::default(),
+            ratelimited: Family::default(),
+            cooldowns: Family::default(),
+        };
+        registry.register(
+            "rules_reloads",
+            "Rule reloads applied (SIGHUP or a change in rules_dir)",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "rules_reload_errors",
+            "Rule reloads rejected; the previous rules stay in force",
+            m.reload_errors.clone(),
+        );
+        registry.register(
+            "ratelimited",
+            "Requests answered with grantd's own 429 during a remembered cooldown, by scope",
+            m.ratelimited.clone(),
+        );
+        registry.register(
+            "ratelimit_cooldowns",
+            "Cooldowns started after a provider's 429 (or a rule's retry), by scope",
+            m.cooldowns.clone(),
+        );
+        m
+    }
+
+    /// `scope` is `connection` or `integration`.
+    pub fn ratelimited(&self, integration: &str, scope: &str) {
+        self.ratelimited
+            .get_or_create(&scoped(integration, scope))
+            .inc();
+    }
+
+    pub fn cooldown_started(&self, integration: &str, scope: &str) {
+        self.cooldowns
+            .get_or_create(&scoped(integration, scope))
+            .inc();
+    }
+}
+
+fn scoped(integration: &str, scope: &str) -> Labels {
+    vec![
+        ("integration".into(), integration.into()),
+        ("scope".into(), scope.into()),
+    ]
 }

@@ -4,81 +4,18 @@
 mod common;
 mod oauth;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::process::{spawn, spawn_command, Process};
 use common::*;
 use http::Request;
 use http_body_util::Full;
 use oauth::{Mode, Provider};
-
-/// A `grantd serve` child; killed (SIGKILL) on drop. Its stderr is collected.
-struct Process {
-    child: Child,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(config: &Path) -> Process {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_grantd"));
-    command.args(["serve", "--config", config.to_str().unwrap()]);
-    spawn_command(command)
-}
-
-fn spawn_command(mut command: Command) -> Process {
-    let mut child = command
-        .env("GRANTD_LOG", "trace")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("grantd proxy listening") {
-                let field = |name: &str| {
-                    line.split(name).nth(1).map(|s| {
-                        s.trim_start_matches("Some(")
-                            .split([' ', ')'])
-                            .next()
-                            .unwrap()
-                            .to_string()
-                    })
-                };
-                let _ = tx.send((field("listen=").unwrap(), field("admin=").unwrap()));
-            }
-            let mut log = sink.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-    let Ok((proxy, admin)) = rx.recv_timeout(Duration::from_secs(30)) else {
-        std::thread::sleep(Duration::from_millis(200));
-        panic!("grantd did not start:\n{}", log.lock().unwrap());
-    };
-    Process {
-        child,
-        proxy: proxy.parse().unwrap(),
-        admin: admin.parse().unwrap(),
-        log,
-    }
-}
 
 fn write_config(dir: &Path, p: &Provider, extra: &str) -> std::path::PathBuf {
     let path = dir.join("grantd.yaml");

@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+mod runtime;
 mod sections;
 mod values;
 
+pub use runtime::*;
 pub use sections::*;
 use values::interpolate_value;
 pub use values::{interpolate, ByteSize};
@@ -74,6 +76,10 @@ pub struct Config {
     /// Per-integration overrides, keyed by integration name.
     #[serde(default)]
     pub integrations: BTreeMap<String, IntegrationConfig>,
+    #[serde(default)]
+    pub reload: ReloadConfig,
+    #[serde(default)]
+    pub ratelimit: RateLimitConfig,
 }
 
 impl Default for Config {
@@ -96,6 +102,8 @@ impl Default for Config {
             callers: Vec::new(),
             allow_unauthenticated_callers: false,
             integrations: BTreeMap::new(),
+            reload: ReloadConfig::default(),
+            ratelimit: RateLimitConfig::default(),
         }
     }
 }

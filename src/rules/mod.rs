@@ -205,6 +205,9 @@ pub struct RuleSet {
     pub credentials: credentials::CredentialsSpec,
     pub rules: Vec<Rule>,
     pub tests: Vec<file::TestCase>,
+    /// What of the file only a restart applies, as parsed YAML: everything but the `api`
+    /// rules, the tests and the description (`file::restart_only`). A reload compares it.
+    pub restart_only: serde_yaml_ng::Value,
 }
 
 impl RuleSet {
@@ -222,6 +225,7 @@ impl RuleSet {
             credentials: Default::default(),
             rules: Vec::new(),
             tests: Vec::new(),
+            restart_only: serde_yaml_ng::Value::Null,
         }
     }
 
