@@ -117,6 +117,7 @@ impl App {
         };
         let connect_addr = serve_public(config, &connect, &control, &stop_rx)?;
         control.spawn(refresher.clone().run_proactive());
+        control.spawn(proxy.clone().sync_cooldowns(config.ratelimit.sync_interval));
         let deliverer = Deliverer::new(
             store.clone(),
             upstream::client(&config.upstream, tls),

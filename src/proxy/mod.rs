@@ -6,7 +6,8 @@
 //! 1. `route`: the request line: no `CONNECT`, no absolute-form, a known integration, no
 //!    `.`/`..` segments; `/_grantd/*` goes to `internal`.
 //! 2. `headers`: who is asking and for which connection (both taken out), header hygiene.
-//!    Then the caller check (`callers`).
+//!    Then the caller check (`callers`), and `ratelimit`: a provider's 429 remembered answers
+//!    here, until its cooldown ends.
 //! 3. `connection`: the connection policy: a usable token (refreshed if expired), pause on
 //!    `reauth`, one refresh and one replay on `refresh`.
 //! 4. `forward`: one exchange: URL on the base, credential injected (`inject`), timeouts.
@@ -21,6 +22,7 @@ mod forward;
 mod headers;
 mod inject;
 mod internal;
+mod ratelimit;
 mod respond;
 mod rewrite;
 mod route;
@@ -82,6 +84,8 @@ pub struct Proxy {
     replay_budget: Arc<tokio::sync::Semaphore>,
     eval: EvaluationConfig,
     metrics: Metrics,
+    /// Providers' rate limits, remembered (`ratelimit`).
+    cooldowns: ratelimit::Cooldowns,
 }
 
 impl Proxy {
@@ -107,6 +111,7 @@ impl Proxy {
             )),
             eval: config.evaluation.clone(),
             metrics,
+            cooldowns: ratelimit::Cooldowns::new(config.ratelimit.max_cooldown),
         })
     }
 
@@ -253,16 +258,21 @@ impl Proxy {
         self.callers
             .admit(named.caller_token.as_deref(), target.name, connection)
             .map_err(Failure::Caller)?;
+        if let Some((scope, until)) = self.cooling_down(&target, connection) {
+            return Err(Failure::RateLimited { scope, until });
+        }
         let mut head = Head::new(parts);
         // A client may stall or cut its body off midway: it is never sent upstream half-way.
         let body = IdleTimeout::new(body, self.server.body_timeout);
-        match connection {
-            Some(id) => self.for_connection(target, head, body, id).await,
+        let resp = match connection {
+            Some(id) => self.for_connection(target, head, body, id).await?,
             None => {
                 let body = head.streamed(body.boxed());
-                Ok(self.send(target, head, body, None).await?.0)
+                self.send(target, head, body, None).await?.0
             }
-        }
+        };
+        self.remember(&target, connection, resp.status(), resp.headers());
+        Ok(resp)
     }
 }
 

@@ -10,7 +10,8 @@ use std::path::Path;
 use super::engine::Program;
 use super::spec::*;
 pub use super::spec::{
-    AuthSpec, CapturedResponse, ClientAuth, Expect, Inject, RequestSpec, TestCase,
+    AuthSpec, CapturedResponse, ClientAuth, Expect, Inject, RateLimitScope, RateLimitSpec,
+    RequestSpec, TestCase,
 };
 use super::{ContentTypeMatch, Endpoint, Matcher, Rule, RuleSet, StatusPattern};
 use crate::template::{Hosts, Template};
@@ -162,6 +163,7 @@ pub fn parse(file: &str, text: &str, stem: Option<&str>) -> Result<RuleSet, Vec<
         inherits_base: spec.base,
         auth: spec.auth,
         credentials: spec.credentials,
+        ratelimit: spec.ratelimit,
         rules,
         tests,
         restart_only: restart_only(text),
@@ -170,7 +172,7 @@ pub fn parse(file: &str, text: &str, stem: Option<&str>) -> Result<RuleSet, Vec<
 
 /// Keys a reload applies; everything else in a rule file feeds the refresher, the connect flow
 /// and the admin API, which are built once at startup.
-const RELOADABLE: &[&str] = &["description", "tests"];
+const RELOADABLE: &[&str] = &["description", "tests", "ratelimit"];
 
 /// The file without what a reload may change: its `api` rules (`on: token` rules stay: the
 /// refresher classifies token responses with the set it started with) and [`RELOADABLE`] keys.

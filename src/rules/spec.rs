@@ -29,9 +29,51 @@ pub(super) struct FileSpec {
     #[serde(default)]
     pub(super) credentials: super::credentials::CredentialsSpec,
     #[serde(default)]
+    pub(super) ratelimit: RateLimitSpec,
+    #[serde(default)]
     pub(super) rules: Vec<RuleSpec>,
     #[serde(default)]
     pub(super) tests: Vec<TestSpec>,
+}
+
+/// `ratelimit:`: whether grantd remembers this provider's 429s, and for whom.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Off: every request reaches the provider, 429 or not.
+    #[serde(default = "default_true")]
+    pub remember: bool,
+    #[serde(default)]
+    pub scope: RateLimitScope,
+}
+
+impl Default for RateLimitSpec {
+    fn default() -> Self {
+        RateLimitSpec {
+            remember: true,
+            scope: RateLimitScope::default(),
+        }
+    }
+}
+
+/// Whose budget a provider's 429 spends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitScope {
+    /// Per token, user or workspace (most providers): only that connection waits.
+    #[default]
+    Connection,
+    /// Per app (one client id for everyone): every request to the integration waits.
+    Integration,
+}
+
+impl RateLimitScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateLimitScope::Connection => "connection",
+            RateLimitScope::Integration => "integration",
+        }
+    }
 }
 
 /// How the integration does OAuth. Client id and secret come from the deployment config.

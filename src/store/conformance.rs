@@ -314,6 +314,7 @@ for_every_store!(
     a_connect_state_is_taken_once_even_under_a_race,
     a_browser_bound_state_is_taken_only_with_its_proof,
     a_connect_link_is_used_once,
+    a_cooldown_keeps_its_later_end_and_ended_ones_are_not_listed,
 );
 
 pub async fn a_connect_state_is_taken_once_even_under_a_race(s: &dyn Store) {
@@ -430,4 +431,31 @@ pub async fn leases_are_capped_per_integration(s: &dyn Store) {
             .unwrap(),
         "expired leases do not count"
     );
+}
+
+pub async fn a_cooldown_keeps_its_later_end_and_ended_ones_are_not_listed(s: &dyn Store) {
+    let now = now_ms();
+    let cooldown = |connection: Option<&str>, until| Cooldown {
+        integration: "slack".into(),
+        connection: connection.map(str::to_string),
+        until,
+    };
+    s.put_cooldown(&cooldown(Some("a"), now + 5_000))
+        .await
+        .unwrap();
+    s.put_cooldown(&cooldown(Some("a"), now + 2_000))
+        .await
+        .unwrap();
+    s.put_cooldown(&cooldown(None, now + 1_000)).await.unwrap();
+    s.put_cooldown(&cooldown(Some("b"), now - 1)).await.unwrap();
+    let mut running = s.cooldowns(now).await.unwrap();
+    running.sort_by_key(|c| c.until);
+    assert_eq!(
+        running,
+        [
+            cooldown(None, now + 1_000),
+            cooldown(Some("a"), now + 5_000)
+        ]
+    );
+    assert_eq!(s.cooldowns(now + 1_000).await.unwrap().len(), 1);
 }

@@ -59,8 +59,8 @@ macro_rules! sql_store {
             use $crate::store::rows::{minted_kinds, COLUMNS, DELIVERY_COLUMNS};
             use $crate::store::sql::{Dialect, SqlStore};
             use $crate::store::{
-                ConnectState, ConnectionRow, Delivery, DeliveryResult, LastError, ListQuery,
-                Outbox, Status, Store, StoreError, Taken, Transition, TransitionRecord,
+                ConnectState, ConnectionRow, Cooldown, Delivery, DeliveryResult, LastError,
+                ListQuery, Outbox, Status, Store, StoreError, Taken, Transition, TransitionRecord,
             };
 
             type Db = $db;
@@ -77,6 +77,7 @@ macro_rules! sql_store {
             $crate::store::log::log_statements!();
             $crate::store::sql::connection_statements!();
             $crate::store::sql::delivery_statements!();
+            $crate::store::cooldowns::cooldown_statements!();
 
             #[async_trait]
             impl Store for SqlStore<Db> {
@@ -218,6 +219,14 @@ macro_rules! sql_store {
                     now: i64,
                 ) -> Result<bool, StoreError> {
                     use_link(&self.pool, hash, expires_at, now).await
+                }
+
+                async fn put_cooldown(&self, c: &Cooldown) -> Result<(), StoreError> {
+                    put_cooldown(&self.pool, c).await
+                }
+
+                async fn cooldowns(&self, now: i64) -> Result<Vec<Cooldown>, StoreError> {
+                    cooldowns(&self.pool, now).await
                 }
             }
         }
