@@ -36,10 +36,16 @@ rules:
       body.ok = false ? {"status": 418
 "#;
 
+/// Answers `{"ok":false}`; `/slow` after 2 s.
 async fn provider() -> SocketAddr {
-    upstream(handler(|_req| async {
-        json_response(200, r#"{"ok":false}"#)
-    }))
+    upstream(handler(
+        |req: http::Request<hyper::body::Incoming>| async move {
+            if req.uri().path() == "/slow" {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            json_response(200, r#"{"ok":false}"#)
+        },
+    ))
     .await
 }
 
@@ -141,6 +147,28 @@ async fn a_rule_edited_under_traffic_applies_within_a_second_and_no_request_fail
     assert_eq!(get(g.addr, "/_grantd/readyz").await.status, 200);
     assert_eq!(counter(g.addr, "grantd_rules_reload_errors_total").await, 1);
     assert_eq!(counter(g.addr, "grantd_rules_reloads_total").await, 1);
+}
+
+#[tokio::test]
+async fn a_request_in_flight_during_a_reload_finishes_on_the_rules_it_started_with() {
+    let up = provider().await;
+    let g = grantd(&format!(
+        "integrations:\n  lab: {{ base_url: \"http://{up}\" }}\n"
+    ))
+    .rule_file("lab.yaml", &rules(401, "v1"))
+    .start();
+    let addr = g.addr;
+    let slow = tokio::spawn(async move { get(addr, "/lab/slow").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    std::fs::write(g.dir.path().join("rules/lab.yaml"), rules(403, "v2")).unwrap();
+    applied(g.addr, "v2", Duration::from_secs(1)).await;
+    assert!(!slow.is_finished(), "still in flight after the swap");
+    let slow = slow.await.unwrap();
+    assert_eq!(
+        (slow.status, slow.header("grantd-error")),
+        (401, Some("v1")),
+        "the response arrived after the swap and was judged by the old rules"
+    );
 }
 
 #[tokio::test]

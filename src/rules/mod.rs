@@ -208,7 +208,8 @@ pub struct RuleSet {
     pub rules: Vec<Rule>,
     pub tests: Vec<file::TestCase>,
     /// What of the file only a restart applies, as parsed YAML: everything but the `api`
-    /// rules, the tests and the description (`file::restart_only`). A reload compares it.
+    /// rules, `ratelimit`, the tests and the description (`spec::restart_only`). A reload
+    /// compares it.
     pub restart_only: serde_yaml_ng::Value,
 }
 

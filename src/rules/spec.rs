@@ -304,3 +304,31 @@ pub struct TestCase {
     pub response: CapturedResponse,
     pub expect: Expect,
 }
+
+/// Keys a reload applies; everything else in a rule file feeds the refresher, the connect flow
+/// and the admin API, which are built once at startup.
+const RELOADABLE: &[&str] = &["description", "tests", "ratelimit"];
+
+/// The file without what a reload may change: its `api` rules (`on: token` rules stay: the
+/// refresher classifies token responses with the set it started with) and [`RELOADABLE`] keys.
+pub(super) fn restart_only(text: &str) -> serde_yaml_ng::Value {
+    use serde_yaml_ng::Value;
+    // `text` already parsed as a rule file, so it parses as YAML.
+    let mut value: Value = serde_yaml_ng::from_str(text).unwrap_or(Value::Null);
+    if let Some(map) = value.as_mapping_mut() {
+        for key in RELOADABLE {
+            map.remove(*key);
+        }
+        if let Some(Value::Sequence(rules)) = map.get_mut("rules") {
+            rules.retain(|r| r.get("on").and_then(Value::as_str) == Some("token"));
+        }
+        // No token rules and no `rules:` key are the same thing.
+        if map
+            .get("rules")
+            .is_some_and(|r| r.as_sequence().is_some_and(Vec::is_empty))
+        {
+            map.remove("rules");
+        }
+    }
+    value
+}
