@@ -98,11 +98,22 @@ async fn ndjson_batches_span_several_transactions() {
         200
     );
 
-    let broken = batch(&g, "{\"id\":\"x\"}\nnot json sekrit\n".into()).await;
+    // A malformed line far down rejects the whole batch before any chunk is written, though
+    // items are parsed one chunk at a time.
+    let mut broken = String::new();
+    for i in 0..1_500 {
+        broken.push_str(&format!(
+            "{{\"id\":\"late{i}\",\"integration\":\"lab\",\"credentials\":{{\"kind\":\"api_key\",\"api_key\":\"k\"}}}}\n"
+        ));
+    }
+    broken.push_str("not json sekrit\n");
+    let broken = batch(&g, broken).await;
     assert_eq!(broken.status, 400);
     let text = String::from_utf8_lossy(&broken.body).to_string();
     assert!(
-        text.contains("line 2") && !text.contains("sekrit"),
+        text.contains("line 1501") && !text.contains("sekrit"),
         "{text}"
     );
+    let first = admin(g.admin, "GET", "/v1/connections/late0", None).await;
+    assert_eq!(first.status, 404, "nothing of a rejected batch is written");
 }

@@ -69,6 +69,8 @@ pub struct Refresher {
     pub(super) proactive: HashMap<String, Arc<Semaphore>>,
     /// Connections the proactive loop has started on and not finished.
     pub(super) queued: Mutex<std::collections::HashSet<String>>,
+    /// Signalled when a proactive refresh ends: its permit is free for the next claim.
+    pub(super) freed: tokio::sync::Notify,
     token_calls: AtomicU64,
 }
 
@@ -112,6 +114,7 @@ impl Refresher {
             caps,
             proactive,
             queued: Mutex::new(std::collections::HashSet::new()),
+            freed: tokio::sync::Notify::new(),
             token_calls: AtomicU64::new(0),
         }
     }
@@ -134,31 +137,43 @@ impl Refresher {
     /// Refreshes `id` unless a version newer than `seen_version` is already stored. Every
     /// concurrent caller for one id in this process shares a single flight.
     pub async fn refresh(self: &Arc<Self>, id: &str, seen_version: i64) -> Refreshed {
-        self.refresh_with(id, seen_version, false, true).await
+        self.refresh_with(id, seen_version, false, None).await
     }
 
     /// An operator's refresh: ignores a fresh token and any backoff.
     pub async fn force(self: &Arc<Self>, id: &str) -> Refreshed {
         match self.connections.store.get(id).await {
-            Ok(Some(row)) => self.refresh_with(id, row.version, true, true).await,
+            Ok(Some(row)) => self.refresh_with(id, row.version, true, None).await,
             Ok(None) => Refreshed::NotFound,
             Err(e) => transient(e.to_string(), None),
         }
     }
 
-    /// `wait`: whether to wait for a lease held elsewhere (requests do; the proactive loop
-    /// does not: another replica is on it, or the fleet is at its cap, and the next scan
-    /// tries again).
+    /// `held`: the owner of a lease this process already holds on `id` (the proactive loop
+    /// claims its work); otherwise the flight takes the lease, waiting for one held elsewhere.
     pub(super) async fn refresh_with(
         self: &Arc<Self>,
         id: &str,
         seen_version: i64,
         force: bool,
-        wait: bool,
+        held: Option<String>,
     ) -> Refreshed {
         let cell = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-            flights.entry(id.to_string()).or_default().clone()
+            match flights.entry(id.to_string()) {
+                // A flight already in this process waits for leases, ours included: hand
+                // the claim back rather than join it.
+                std::collections::hash_map::Entry::Occupied(_) if held.is_some() => None,
+                e => Some(e.or_default().clone()),
+            }
+        };
+        let Some(cell) = cell else {
+            let owner = held.unwrap_or_default();
+            let _ = self.connections.store.release_lease(id, &owner).await;
+            return transient(
+                "a refresh of this connection is already in flight".into(),
+                None,
+            );
         };
         let me = self.clone();
         let owned_id = id.to_string();
@@ -167,7 +182,15 @@ impl Refresher {
                 // Run on the control runtime: a dropped caller does not cancel the refresh.
                 let task = me.runtime.spawn({
                     let me = me.clone();
-                    async move { me.run(&owned_id, seen_version, force, wait).await }
+                    async move {
+                        match held {
+                            Some(owner) => {
+                                me.refresh_holding_lease(&owned_id, &owner, seen_version, force)
+                                    .await
+                            }
+                            None => me.run(&owned_id, seen_version, force).await,
+                        }
+                    }
                 });
                 task.await.unwrap_or_else(|e| Refreshed::Transient {
                     error: format!("refresh task failed: {e}"),
@@ -183,18 +206,17 @@ impl Refresher {
         result
     }
 
-    async fn run(
-        self: Arc<Self>,
-        id: &str,
-        seen_version: i64,
-        force: bool,
-        wait: bool,
-    ) -> Refreshed {
-        let owner = format!(
+    /// A lease owner unique to one flight (or one claim) of this process.
+    pub(super) fn lease_owner(&self) -> String {
+        format!(
             "{}:{}",
             self.process,
             self.flight_seq.fetch_add(1, Ordering::Relaxed)
-        );
+        )
+    }
+
+    async fn run(self: Arc<Self>, id: &str, seen_version: i64, force: bool) -> Refreshed {
+        let owner = self.lease_owner();
         let give_up = now_ms()
             + 2 * self.config.lease.as_millis() as i64
             + self.config.token_timeout.as_millis() as i64;
@@ -224,12 +246,6 @@ impl Refresher {
                 return self
                     .refresh_holding_lease(id, &owner, seen_version, force)
                     .await;
-            }
-            if !wait {
-                return transient(
-                    "another refresher holds the lease, or the integration is at its cap".into(),
-                    None,
-                );
             }
             if now > give_up {
                 return transient(

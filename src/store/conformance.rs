@@ -314,6 +314,8 @@ for_every_store!(
     a_connect_state_is_taken_once_even_under_a_race,
     a_browser_bound_state_is_taken_only_with_its_proof,
     a_connect_link_is_used_once,
+    claims_take_listed_due_rows_within_the_fleet_cap,
+    concurrent_claims_never_share_a_row_or_exceed_the_cap,
     a_cooldown_keeps_its_later_end_and_ended_ones_are_not_listed,
 );
 
@@ -431,6 +433,94 @@ pub async fn leases_are_capped_per_integration(s: &dyn Store) {
             .unwrap(),
         "expired leases do not count"
     );
+}
+
+fn claim<'a>(ids: &'a [String], owner: &'a str, now: i64, cap: usize) -> Claim<'a> {
+    Claim {
+        integration: "slack",
+        ids,
+        owner,
+        now,
+        until: now + 10_000,
+        horizon: now + 120_000,
+        cap,
+        max: 100,
+    }
+}
+
+pub async fn claims_take_listed_due_rows_within_the_fleet_cap(s: &dyn Store) {
+    let now = now_ms();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let mut r = row(&format!("d{i}"));
+        r.expires_at = Some(now + 1_000 * (6 - i));
+        s.put(r, None).await.unwrap();
+        ids.push(format!("d{i}"));
+    }
+    let mut far = row("far");
+    far.expires_at = Some(now + 3_600_000);
+    let mut dead = row("dead");
+    dead.status = Status::NeedsReauth;
+    let unlisted = row("unlisted");
+    for r in [far, dead, unlisted] {
+        s.put(r, None).await.unwrap();
+    }
+    ids.extend(["far".to_string(), "dead".to_string()]);
+    assert!(s
+        .acquire_lease("d5", "other", now, now + 10_000, 10)
+        .await
+        .unwrap());
+
+    let got = s.claim(&claim(&ids, "me", now, 4)).await.unwrap();
+    assert_eq!(
+        got.iter().collect::<std::collections::BTreeSet<_>>(),
+        ["d2", "d3", "d4"].map(String::from).iter().collect(),
+        "soonest first, the cap counting the lease held elsewhere"
+    );
+    for id in &got {
+        let held = s.get(id).await.unwrap().unwrap();
+        assert_eq!(held.lease_owner.as_deref(), Some("me"));
+    }
+    assert!(
+        s.claim(&claim(&ids, "you", now, 4))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the fleet is at its cap"
+    );
+    s.release_lease("d2", "me").await.unwrap();
+    let next = s.claim(&claim(&ids, "you", now, 4)).await.unwrap();
+    assert_eq!(
+        next,
+        vec!["d2".to_string()],
+        "a released row still due is the soonest again"
+    );
+    let later = now + 20_000;
+    let rest = s.claim(&claim(&ids, "you", later, 10)).await.unwrap();
+    assert!(
+        rest.iter().all(|id| id.starts_with('d') && id != "dead"),
+        "never a row beyond the horizon, paused, or not listed: {rest:?}"
+    );
+    assert_eq!(rest.len(), 6, "expired leases are free again: {rest:?}");
+}
+
+pub async fn concurrent_claims_never_share_a_row_or_exceed_the_cap(s: &dyn Store) {
+    let now = now_ms();
+    let ids: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+    s.put_many(ids.iter().map(|id| (row(id), None)).collect())
+        .await
+        .unwrap();
+    let owners = ["r1", "r2", "r3"];
+    let claims = owners.map(|o| claim(&ids, o, now, 16));
+    let (a, b, c) = tokio::join!(
+        s.claim(&claims[0]),
+        s.claim(&claims[1]),
+        s.claim(&claims[2])
+    );
+    let all: Vec<String> = [a.unwrap(), b.unwrap(), c.unwrap()].concat();
+    let distinct: std::collections::BTreeSet<_> = all.iter().collect();
+    assert_eq!(distinct.len(), all.len(), "a row claimed twice: {all:?}");
+    assert_eq!(all.len(), 16, "the three claims fill the cap exactly");
 }
 
 pub async fn a_cooldown_keeps_its_later_end_and_ended_ones_are_not_listed(s: &dyn Store) {

@@ -14,6 +14,7 @@ mod conformance;
 mod cooldowns;
 mod error;
 pub mod events;
+mod lease;
 mod log;
 pub mod postgres;
 mod rows;
@@ -28,6 +29,21 @@ use serde::{Deserialize, Serialize};
 /// Kinds whose access token grantd mints itself (client credentials, JWT bearer): renewed
 /// before expiry without a refresh token.
 pub const MINTED: &[&str] = &["oauth2_client_credentials", "jwt_bearer"];
+
+/// A claim of due work: lease, for `owner` until `until`, at most `max` of `ids` (all of
+/// `integration`) that still expire before `horizon`, soonest first, as far as the fleet-wide
+/// `cap` on the integration's live leases leaves room, skipping rows leased or locked elsewhere.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub integration: &'a str,
+    pub ids: &'a [String],
+    pub owner: &'a str,
+    pub now: i64,
+    pub until: i64,
+    pub horizon: i64,
+    pub cap: usize,
+    pub max: usize,
+}
 
 /// Connection status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -281,6 +297,9 @@ pub trait Store: Send + Sync + 'static {
         cap: usize,
     ) -> Result<bool, StoreError>;
     async fn release_lease(&self, id: &str, owner: &str) -> Result<(), StoreError>;
+    /// Leases some of `claim.ids` (see [`Claim`]). Returns the ids claimed. The proactive
+    /// loop's way of splitting due work between replicas.
+    async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<String>, StoreError>;
     /// Active connections expiring before `horizon` that may be attempted now and hold no live
     /// lease, soonest first.
     async fn due(

@@ -30,10 +30,12 @@ impl Dialect for Postgres {
 
     /// Under READ COMMITTED two replicas could both count below the cap; an advisory lock per
     /// integration (held until commit) makes the count and the update one step.
-    const LOCK_LEASES: Option<&'static str> = Some(
-        "SELECT pg_advisory_xact_lock(hashtext('grantd-lease:' || \
-         COALESCE((SELECT integration FROM connections WHERE id = ?), '')))",
-    );
+    const LOCK_LEASES: Option<&'static str> =
+        Some("SELECT pg_advisory_xact_lock(hashtext('grantd-lease:' || ?))");
+
+    /// Replicas claiming at once each take rows the others have not locked, instead of
+    /// queueing behind them.
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
 }
 
 super::sql::sql_store!(sqlx::Postgres);

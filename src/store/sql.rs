@@ -21,9 +21,16 @@ pub trait Dialect: sqlx::Database {
     /// bind: the integration), where two writers leaving at once could each miss the other.
     const LOCK_EPISODE: Option<&'static str> = None;
 
-    /// Run, in the same transaction, before taking a lease (one bind: the connection id),
-    /// where two writers could both count below the cap.
+    /// Run, in the same transaction, before counting and taking leases (one bind: the
+    /// integration), where two writers could both count below the cap.
     const LOCK_LEASES: Option<&'static str> = None;
+
+    /// Opens a transaction that reads before it writes: SQLite must take its write lock at
+    /// `BEGIN`, or two such transactions deadlock on upgrading and one fails at once.
+    const BEGIN_WRITE: &'static str = "BEGIN";
+
+    /// Appended to the claim's row selection: skip rows another transaction has locked.
+    const SKIP_LOCKED: &'static str = "";
 }
 
 /// `?` placeholders → `$1, $2, ...` (no statement here has a `?` inside a string literal).
@@ -59,7 +66,7 @@ macro_rules! sql_store {
             use $crate::store::rows::{minted_kinds, COLUMNS, DELIVERY_COLUMNS};
             use $crate::store::sql::{Dialect, SqlStore};
             use $crate::store::{
-                ConnectState, ConnectionRow, Cooldown, Delivery, DeliveryResult, LastError,
+                Claim, ConnectState, ConnectionRow, Cooldown, Delivery, DeliveryResult, LastError,
                 ListQuery, Outbox, Status, Store, StoreError, Taken, Transition, TransitionRecord,
             };
 
@@ -76,6 +83,7 @@ macro_rules! sql_store {
             $crate::store::rows::connect_statements!();
             $crate::store::log::log_statements!();
             $crate::store::sql::connection_statements!();
+            $crate::store::lease::lease_statements!();
             $crate::store::sql::delivery_statements!();
             $crate::store::cooldowns::cooldown_statements!();
 
@@ -138,6 +146,10 @@ macro_rules! sql_store {
 
                 async fn release_lease(&self, id: &str, owner: &str) -> Result<(), StoreError> {
                     release_lease(&self.pool, id, owner).await
+                }
+
+                async fn claim(&self, c: &Claim<'_>) -> Result<Vec<String>, StoreError> {
+                    claim(&self.pool, c).await
                 }
 
                 async fn due(
@@ -395,59 +407,6 @@ macro_rules! connection_statements {
                 .map_err(db)?
                 .rows_affected();
             Ok(n > 0)
-        }
-
-        /// `(now, until)`: the lease is live until `until`; leases before `now` are expired.
-        async fn acquire_lease(
-            pool: &Pool,
-            id: &str,
-            owner: &str,
-            (now, until): (i64, i64),
-            cap: usize,
-        ) -> Result<bool, StoreError> {
-            // One statement counts and takes; the dialect's lock (if any) keeps concurrent
-            // writers from both counting below the cap (SQLite runs writers one at a time).
-            let mut tx = pool.begin().await.map_err(db)?;
-            if let Some(lock) = <Db as Dialect>::LOCK_LEASES {
-                sqlx::query(&q(lock))
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
-            }
-            let n = sqlx::query(&q(
-                "UPDATE connections SET lease_owner = ?, lease_until = ? \
-                 WHERE id = ? AND (lease_owner IS NULL OR lease_until < ? OR lease_owner = ?) \
-                 AND (SELECT COUNT(*) FROM connections c \
-                      WHERE c.integration = connections.integration AND c.lease_owner IS NOT NULL \
-                      AND c.lease_until >= ? AND c.id != connections.id) < ?",
-            ))
-            .bind(owner)
-            .bind(until)
-            .bind(id)
-            .bind(now)
-            .bind(owner)
-            .bind(now)
-            .bind(cap as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?
-            .rows_affected();
-            tx.commit().await.map_err(db)?;
-            Ok(n > 0)
-        }
-
-        async fn release_lease(pool: &Pool, id: &str, owner: &str) -> Result<(), StoreError> {
-            sqlx::query(&q(
-                "UPDATE connections SET lease_owner = NULL, lease_until = NULL \
-                 WHERE id = ? AND lease_owner = ?",
-            ))
-            .bind(id)
-            .bind(owner)
-            .execute(pool)
-            .await
-            .map_err(db)?;
-            Ok(())
         }
 
         async fn due(

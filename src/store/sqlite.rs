@@ -18,7 +18,9 @@ use super::{Outbox, StoreError};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// SQLite runs one writer at a time: no locks beyond the statements' own, `?` placeholders.
-impl Dialect for Sqlite {}
+impl Dialect for Sqlite {
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+}
 
 super::sql::sql_store!(sqlx::Sqlite);
 
