@@ -15,7 +15,7 @@ import argparse, http.server, json, os, socket, socketserver, subprocess, sys, t
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from proxy import ensure_tools, wait_http  # noqa: E402
+from proxy import cpu_ticks, ensure_tools, wait_http  # noqa: E402
 
 KEY = "YmVuY2gta2V5LWJlbmNoLWtleS1iZW5jaC1rZXktISE="
 PORTS = {"fake": 19950, "proxy": 19951, "admin": 19952}
@@ -73,18 +73,21 @@ def ndjson(ids, expires_in):
         "access_token": f"at-{i}", "refresh_token": f"rt-{i}", "expires_in": expires_in}}) + "\n" for i in ids).encode()
 
 
-def start_grantd(dir, store_line):
+def start_grantd(dir, store_line, replica=0):
+    """Replica 0 serves the benchmark's ports; others (PostgreSQL only) share its store."""
+    dir = f"{dir}/r{replica}"
+    proxy, admin = PORTS["proxy"] + 10 * replica, PORTS["admin"] + 10 * replica
     os.makedirs(f"{dir}/rules", exist_ok=True)
     open(f"{dir}/rules/lab.yaml", "w").write(
         f"integration: lab\nbase_url: http://127.0.0.1:{PORTS['fake']}\nauth:\n  token_url: http://127.0.0.1:{PORTS['fake']}/token\nrules: []\n")
     open(f"{dir}/grantd.yaml", "w").write(
-        f"listen: 127.0.0.1:{PORTS['proxy']}\nworkers: 1\nrules_dir: rules\n{store_line}\n"
-        f"encryption: {{ key: {KEY} }}\nadmin: {{ listen: 127.0.0.1:{PORTS['admin']}, token: bench }}\n"
+        f"listen: 127.0.0.1:{proxy}\nworkers: 1\nrules_dir: rules\n{store_line}\n"
+        f"encryption: {{ key: {KEY} }}\nadmin: {{ listen: 127.0.0.1:{admin}, token: bench }}\n"
         "refresh: { max_concurrent_per_integration: 16, scan_interval: 1s }\n"
         f"integrations:\n  lab: {{ client_id: bench, client_secret: bench }}\n")
     proc = subprocess.Popen([f"{ROOT}/target/release/grantd", "serve", "--config", f"{dir}/grantd.yaml"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_http(f"http://127.0.0.1:{PORTS['proxy']}/_grantd/healthz")
+    wait_http(f"http://127.0.0.1:{proxy}/_grantd/healthz")
     return proc
 
 
@@ -98,10 +101,23 @@ def wrk(ids, seconds):
     lat = {}
     for line in out.splitlines():
         parts = line.split()
+        if len(parts) > 2 and parts[1] == "requests" and parts[2] == "in":
+            lat["requests"] = int(parts[0])
         if len(parts) == 2 and parts[0] in ("50%", "99%"):
             v = parts[1]
             lat[parts[0]] = float(v[:-2]) / 1000 if v.endswith("us") else float(v[:-2]) if v.endswith("ms") else float(v[:-1]) * 1000
     return lat
+
+
+def drain(prefix, due):
+    """Imports `due` connections already expired; the rate at which the proactive loop renews
+    them (token calls per second, from the import's end to the last call)."""
+    before = TOKEN_CALLS[0]
+    admin_post("/v1/connections/batch", ndjson([f"{prefix}{i}" for i in range(due)], 0))
+    started = time.time()
+    while TOKEN_CALLS[0] - before < due and time.time() - started < 600:
+        time.sleep(0.05)
+    return round((TOKEN_CALLS[0] - before) / (time.time() - started))
 
 
 def one_size(n, args, store_line):
@@ -119,13 +135,19 @@ def one_size(n, args, store_line):
     row["p50_p99_ms_spread"] = wrk(spread, args.seconds)
     row["p50_p99_ms_one"] = wrk(1, args.seconds)
     row["rss_after_traffic_mib"] = rss_kib(proc.pid) / 1024
-    before = TOKEN_CALLS[0]
-    due = [f"due{i}" for i in range(args.due)]
-    admin_post("/v1/connections/batch", ndjson(due, 0))
-    started = time.time()
-    while TOKEN_CALLS[0] - before < args.due and time.time() - started < 600:
-        time.sleep(0.05)
-    row["due_refresh_per_s"] = (TOKEN_CALLS[0] - before) / (time.time() - started)
+    # The proactive scan's cost: CPU of an otherwise idle process over 10 scans (scan_interval
+    # is 1 s), N connections stored, none due.
+    ticks = cpu_ticks([proc.pid])
+    time.sleep(10)
+    row["idle_cpu_ms_per_scan"] = (cpu_ticks([proc.pid]) - ticks) * 1000 / os.sysconf("SC_CLK_TCK") / 10
+    row["due_refresh_per_s"] = [drain(f"due{r}-", args.due) for r in range(args.drains)]
+    if args.replicas > 1:
+        # The same drains with the fleet splitting the work (the cap of 16 is fleet-wide).
+        others = [start_grantd(dir, store_line, r) for r in range(1, args.replicas)]
+        row["due_refresh_per_s_fleet"] = [drain(f"fleet{r}-", args.due) for r in range(args.drains)]
+        for other in others:
+            other.terminate()
+            other.wait()
     proc.terminate()
     proc.wait()
     return row
@@ -136,8 +158,12 @@ def main():
     ap.add_argument("--sizes", default="10000,100000")
     ap.add_argument("--store", default="sqlite", choices=["sqlite", "postgres"])
     ap.add_argument("--due", type=int, default=10_000)
-    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=20, help="wrk duration; long enough to use 100k connections")
+    ap.add_argument("--drains", type=int, default=3, help="repeated drains of --due connections")
+    ap.add_argument("--replicas", type=int, default=1, help="also drain with this many processes (PostgreSQL)")
     args = ap.parse_args()
+    if args.replicas > 1 and args.store != "postgres":
+        ap.error("--replicas needs --store postgres (replicas share one store)")
     ensure_tools()
     subprocess.run(["cargo", "build", "--release", "--bin", "grantd"], cwd=ROOT, check=True)
     threading.Thread(target=Server(("127.0.0.1", PORTS["fake"]), Fake).serve_forever, daemon=True).start()
@@ -149,13 +175,16 @@ def main():
             store_line = f"store: {{ url: 'postgres://postgres@127.0.0.1:5432/test', schema: {schema} }}"
         rows.append(one_size(n, args, store_line))
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\n| N ({args.store}) | idle RSS | import/s | RSS after import | RSS after traffic | p50/p99 spread (ms) | p50/p99 one (ms) | due refreshes/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\n| N ({args.store}) | idle RSS | import/s | RSS after import | RSS after traffic | requests spread | p50/p99 spread (ms) | p50/p99 one (ms) | CPU per idle scan | due refreshes/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         s, o = r["p50_p99_ms_spread"], r["p50_p99_ms_one"]
         print(f"| {r['n']:,} | {r['idle_rss_mib']:.1f} MiB | {r['import_per_s']:,.0f} | {r['rss_after_import_mib']:.1f} MiB | "
-              f"{r['rss_after_traffic_mib']:.1f} MiB | {s.get('50%', 0):.2f} / {s.get('99%', 0):.2f} | "
-              f"{o.get('50%', 0):.2f} / {o.get('99%', 0):.2f} | {r['due_refresh_per_s']:,.0f} |")
+              f"{r['rss_after_traffic_mib']:.1f} MiB | {s.get('requests', 0):,} | {s.get('50%', 0):.2f} / {s.get('99%', 0):.2f} | "
+              f"{o.get('50%', 0):.2f} / {o.get('99%', 0):.2f} | {r['idle_cpu_ms_per_scan']:.1f} ms | "
+              f"{', '.join(str(d) for d in r['due_refresh_per_s'])}"
+              + (f" (fleet of {args.replicas}: {', '.join(str(d) for d in r['due_refresh_per_s_fleet'])})"
+                 if "due_refresh_per_s_fleet" in r else "") + " |")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ mod authz;
 #[path = "connect/binding.rs"]
 mod binding;
 mod common;
+#[path = "connect/pages.rs"]
+mod pages;
 mod receiver;
 #[path = "connect/world.rs"]
 mod world;
@@ -207,7 +209,7 @@ async fn a_replayed_callback_is_rejected_without_a_token_call() {
     assert_eq!(statuses, [303, 409], "one exchange, one rejection");
     let later = browser.request("GET", &cb).await;
     assert_eq!(later.status, 409);
-    assert!(String::from_utf8_lossy(&later.body).contains("already completed or attempted"));
+    assert!(String::from_utf8_lossy(&later.body).contains("This sign-in is already finished"));
     assert_eq!(w.exchanges(), 1);
     assert_eq!(w.authz.token_calls("authorization_code").await, 1);
     // Had the code been sent twice, the server would have revoked what it issued.
@@ -314,7 +316,7 @@ async fn tampered_or_expired_state_and_foreign_return_to_are_refused() {
     )
     .await;
     assert_eq!(got.status, 400);
-    assert!(String::from_utf8_lossy(&got.body).contains("state was altered"));
+    assert!(String::from_utf8_lossy(&got.body).contains("its address was changed"));
     let got = get(w.public, &format!("/oauth/callback?code={code}")).await;
     assert_eq!(got.status, 400);
     assert_eq!(w.exchanges(), 0, "no token call for a bad state");
@@ -354,12 +356,17 @@ async fn tampered_or_expired_state_and_foreign_return_to_are_refused() {
     )
     .await;
     assert_eq!(got.status, 400);
-    assert!(String::from_utf8_lossy(&got.body).contains("did not grant access: access_denied"));
+    let page = String::from_utf8_lossy(&got.body);
+    assert!(
+        page.contains("<h1>Not connected</h1>")
+            && page.contains("Access to your Example Cloud account was not allowed"),
+        "{page}"
+    );
     assert_eq!(w.exchanges(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_state_is_refused_saying_when_it_expired() {
+async fn an_expired_state_is_refused_saying_to_start_again() {
     let Some(w) = world(3600, "  state_ttl: 1s\n", "").await else {
         return;
     };
@@ -375,7 +382,7 @@ async fn an_expired_state_is_refused_saying_when_it_expired() {
     assert_eq!(got.status, 400);
     let page = String::from_utf8_lossy(&got.body);
     assert!(
-        page.contains("expired at") && page.contains("Start again"),
+        page.contains("This sign-in took too long") && page.contains("start again"),
         "{page}"
     );
     assert_eq!(w.exchanges(), 0);

@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+mod branding;
 mod runtime;
 mod sections;
 mod values;
 
+pub use branding::BrandingConfig;
 pub use runtime::*;
 pub use sections::*;
 use values::interpolate_value;

@@ -349,6 +349,9 @@ pub struct ConnectConfig {
     /// How long a connect link (`/connect/{token}`, `reconnect_url`) stays valid.
     #[serde(with = "humantime_serde", default = "d7d")]
     pub link_ttl: Duration,
+    /// How the public pages present the app (name, logo, colour, support contact).
+    #[serde(default)]
+    pub branding: super::BrandingConfig,
 }
 
 impl Default for ConnectConfig {
@@ -361,6 +364,7 @@ impl Default for ConnectConfig {
             reconnect_return_to: None,
             state_ttl: d10m(),
             link_ttl: d7d(),
+            branding: Default::default(),
         }
     }
 }
@@ -405,7 +409,7 @@ impl ConnectConfig {
         if self.state_ttl.is_zero() || self.link_ttl.is_zero() {
             return Err("connect.state_ttl and connect.link_ttl must be greater than 0".into());
         }
-        Ok(())
+        self.branding.validate()
     }
 }
 

@@ -12,7 +12,9 @@ use http::StatusCode;
 use serde_json::json;
 
 use super::return_to::with_result;
-use super::{browser, err, sha256_hex, unavailable, Connect, ConnectError, Finished, VERIFIER_AAD};
+use super::{
+    browser, err, sha256_hex, unavailable, Connect, ConnectError, Finished, Notice, VERIFIER_AAD,
+};
 use crate::connections::token::{self, TokenResult};
 use crate::store::{ConnectState, Taken};
 use crate::template::under_prefix;
@@ -50,12 +52,17 @@ impl Connect {
         });
         match self.complete(query, proof.as_deref()).await {
             Err(e) => Answer {
-                finished: page(e),
+                finished: page(e, None),
                 set_cookie: None,
             },
             Ok(done) => Answer {
                 set_cookie: self.clear_cookie(&done.state),
-                finished: finished(done.outcome, done.return_to.as_deref(), &done.state),
+                finished: finished(
+                    done.outcome,
+                    done.return_to.as_deref(),
+                    &done.state,
+                    self.display_name(&done.state.integration),
+                ),
             },
         }
     }
@@ -297,10 +304,12 @@ fn provider_code(code: &str) -> &'static str {
         .unwrap_or("authorization_denied")
 }
 
+/// `provider`: the integration's display name, for a page.
 fn finished(
     outcome: Result<(), ConnectError>,
     return_to: Option<&str>,
     state: &ConnectState,
+    provider: String,
 ) -> Finished {
     let id = ("connection_id", state.connection_id.as_str());
     let integration = ("integration", state.integration.as_str());
@@ -308,14 +317,11 @@ fn finished(
         (Ok(()), Some(r)) => {
             Finished::Redirect(with_result(r, &[("status", "connected"), id, integration]))
         }
-        (Ok(()), None) => Finished::Page {
+        (Ok(()), None) => Finished::Page(Notice {
             status: StatusCode::OK,
-            title: "Connected".into(),
-            message: format!(
-                "{} is connected. You can close this window.",
-                state.integration
-            ),
-        },
+            code: "connected",
+            provider: Some(provider),
+        }),
         (Err(e), Some(r)) => Finished::Redirect(with_result(
             r,
             &[
@@ -326,14 +332,14 @@ fn finished(
                 integration,
             ],
         )),
-        (Err(e), None) => page(e),
+        (Err(e), None) => page(e, Some(provider)),
     }
 }
 
-fn page(e: ConnectError) -> Finished {
-    Finished::Page {
+fn page(e: ConnectError, provider: Option<String>) -> Finished {
+    Finished::Page(Notice {
         status: e.status,
-        title: "Not connected".into(),
-        message: e.message,
-    }
+        code: e.code,
+        provider,
+    })
 }

@@ -10,8 +10,10 @@
 pub mod browser;
 mod callback;
 pub mod link;
+mod page;
 pub mod public;
 mod return_to;
+mod text;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +24,7 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::config::{Config, ConnectConfig, RefreshConfig};
+use crate::config::{BrandingConfig, Config, ConnectConfig, RefreshConfig};
 use crate::connections::crypto::Keyring;
 use crate::connections::token::OAuthClient;
 use crate::connections::{validate_id, Connections};
@@ -92,12 +94,30 @@ pub struct Opened {
 pub enum Finished {
     /// Back to the app's `return_to`, with the outcome in the query.
     Redirect(String),
-    /// No (valid) `return_to`: a page.
-    Page {
-        status: StatusCode,
-        title: String,
-        message: String,
-    },
+    /// No (valid) `return_to`: a page saying how it went.
+    Page(Notice),
+}
+
+/// What a page tells the user: `code` is `connected` or a [`ConnectError`] code; `provider`
+/// the provider's display name, when the request is known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notice {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub provider: Option<String>,
+}
+
+/// What the Continue page shows before a connect link is used.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    /// The provider's display name.
+    pub provider: String,
+    /// The account the app expects (`login_hint`).
+    pub account: Option<String>,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+    /// Plain-words descriptions of the scopes asked for (those the rule file describes).
+    pub permissions: Vec<String>,
 }
 
 pub struct Connect {
@@ -291,9 +311,37 @@ impl Connect {
     }
 
     /// Reads a connect link without using it up (what a `GET` does: mail scanners and chat
-    /// unfurlers fetch links before the user does).
-    pub fn peek_link(&self, token: &str) -> Result<ConnectRequest, ConnectError> {
-        Ok(self.read_link(token, now_ms())?.request)
+    /// unfurlers fetch links before the user does), for the page that asks to continue, in
+    /// language `lang`.
+    pub fn preview(&self, token: &str, lang: &str) -> Result<Preview, ConnectError> {
+        let claims = self.read_link(token, now_ms())?;
+        let req = claims.request;
+        let permissions = self.clients.get(&req.integration).map_or(Vec::new(), |c| {
+            scopes(c, req.scopes.as_deref())
+                .iter()
+                .filter_map(|s| c.rules.scope_descriptions.get(s))
+                .map(|d| d.get(lang).to_string())
+                .collect()
+        });
+        Ok(Preview {
+            provider: self.display_name(&req.integration),
+            account: req.login_hint,
+            expires_at: claims.expires_at,
+            permissions,
+        })
+    }
+
+    /// The provider's name for people (the rule file's `display_name`).
+    pub fn display_name(&self, integration: &str) -> String {
+        self.clients
+            .get(integration)
+            .map_or(integration, |c| c.rules.display_name.as_str())
+            .to_string()
+    }
+
+    /// How the public pages present the app.
+    pub fn branding(&self) -> &BrandingConfig {
+        &self.config.branding
     }
 
     /// The user confirmed a connect link: use it up and start the authorization request,

@@ -82,6 +82,11 @@ pub(super) fn clean_response(headers: &mut HeaderMap) {
 
 /// RFC 9110 §7.6.1 hop-by-hop headers, plus any the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names costs less than nine removals, each
+    // hashing its name (7.6% of pass-through instructions under callgrind).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -107,9 +112,29 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
+/// Named hop-by-hop by RFC 9110 §7.6.1 (plus `Proxy-*` and the legacy `Keep-Alive` and
+/// `Proxy-Connection`); others become so by being listed in `Connection`.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "keep-alive"
+            | "proxy-connection"
+    )
+}
+
 /// `Grantd-*` headers are grantd's own: an app's never reach the provider, and a provider's
 /// never reach the app (one could otherwise fake `Grantd-Action: reauth`).
 fn strip_grantd_headers(headers: &mut HeaderMap) {
+    if !headers.keys().any(|k| k.as_str().starts_with("grantd-")) {
+        return;
+    }
     let ours: Vec<HeaderName> = headers
         .keys()
         .filter(|k| k.as_str().starts_with("grantd-"))
@@ -198,6 +223,33 @@ mod tests {
             h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
             vec!["x-kept"]
         );
+    }
+
+    /// The fast path (nothing hop-by-hop present) must not skip a message that carries only
+    /// one of them.
+    #[test]
+    fn each_hop_by_hop_header_alone_is_stripped() {
+        for name in [
+            "connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "proxy-authenticate",
+            "keep-alive",
+            "proxy-connection",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static("x"));
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(
+                h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+                vec!["x-kept"],
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -141,6 +141,11 @@ pub fn parse(file: &str, text: &str, stem: Option<&str>) -> Result<RuleSet, Vec<
     })?;
     let lines = ItemLines::scan(text);
     let mut errors = check_head(file, &spec, stem);
+    errors.extend(
+        spec.naming_problems()
+            .into_iter()
+            .map(|p| format!("{file}:1: {p}")),
+    );
     let has_token_url = spec.auth.is_some();
     errors.extend(
         spec.credentials
@@ -154,10 +159,14 @@ pub fn parse(file: &str, text: &str, stem: Option<&str>) -> Result<RuleSet, Vec<
         return Err(errors);
     }
     Ok(RuleSet {
+        display_name: spec
+            .display_name
+            .unwrap_or_else(|| spec.integration.clone()),
         integration: spec.integration,
         file: file.to_string(),
         base_url: spec.base_url,
         description: spec.description,
+        scope_descriptions: spec.scope_descriptions,
         allowed_hosts: spec.allowed_hosts,
         allow_http: spec.allow_http,
         inherits_base: spec.base,

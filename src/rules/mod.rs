@@ -25,6 +25,7 @@ use engine::{Cancel, Document, Limits, Program, RequestFacts};
 
 pub use file::{load_dir, LoadErrors};
 pub use run::run;
+pub use spec::ScopeText;
 
 /// Which kind of provider endpoint produced a response.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -195,6 +196,10 @@ pub struct RuleSet {
     pub base_url: String,
     /// For people: what the integration is (`grantd providers`, the README's table).
     pub description: Option<String>,
+    /// For end users: the provider's product name (`display_name`; the integration id without).
+    pub display_name: String,
+    /// For end users: what each scope lets the app do, in plain words (`scope_descriptions`).
+    pub scope_descriptions: std::collections::BTreeMap<String, ScopeText>,
     /// Hosts a templated URL (base, token, authorize) may resolve to.
     pub allowed_hosts: Vec<String>,
     pub allow_http: bool,
@@ -221,6 +226,8 @@ impl RuleSet {
             file: "(config)".into(),
             base_url,
             description: None,
+            display_name: integration.to_string(),
+            scope_descriptions: Default::default(),
             allowed_hosts: Vec::new(),
             allow_http: false,
             inherits_base: false,

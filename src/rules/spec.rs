@@ -24,6 +24,12 @@ pub(super) struct FileSpec {
     pub(super) base: bool,
     #[serde(default)]
     pub(super) description: Option<String>,
+    /// The provider's product name as its users know it ("Google Workspace"), for pages.
+    #[serde(default)]
+    pub(super) display_name: Option<String>,
+    /// Plain-words descriptions of scopes for the user ("Read your calendar"), by scope.
+    #[serde(default)]
+    pub(super) scope_descriptions: BTreeMap<String, ScopeText>,
     #[serde(default)]
     pub(super) auth: Option<AuthSpec>,
     #[serde(default)]
@@ -72,6 +78,55 @@ impl RateLimitScope {
         match self {
             RateLimitScope::Connection => "connection",
             RateLimitScope::Integration => "integration",
+        }
+    }
+}
+
+impl FileSpec {
+    /// What is wrong with the names shown to end users: blank, or too long for a heading.
+    pub(super) fn naming_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(name) = &self.display_name {
+            if name.trim().is_empty() || name.chars().count() > 60 {
+                out.push("display_name must be 1 to 60 characters".to_string());
+            }
+        }
+        for (scope, text) in &self.scope_descriptions {
+            let texts = match text {
+                ScopeText::One(t) => vec![t],
+                ScopeText::ByLanguage(by) => by.values().collect(),
+            };
+            if texts.is_empty() || texts.iter().any(|t| t.trim().is_empty()) {
+                out.push(format!(
+                    "scope_descriptions: `{scope}` has an empty description"
+                ));
+            } else if matches!(text, ScopeText::ByLanguage(by) if !by.contains_key("en")) {
+                out.push(format!(
+                    "scope_descriptions: `{scope}` needs an `en` text (the fallback)"
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// A scope's description: one text, or one per language (`{ en: Read your calendar, fr: ... }`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ScopeText {
+    One(String),
+    ByLanguage(BTreeMap<String, String>),
+}
+
+impl ScopeText {
+    /// The text for language `lang` (a primary subtag: `fr`), else English.
+    pub fn get(&self, lang: &str) -> &str {
+        match self {
+            ScopeText::One(t) => t,
+            ScopeText::ByLanguage(by) => by
+                .get(lang)
+                .or_else(|| by.get("en"))
+                .map_or("", String::as_str),
         }
     }
 }
@@ -331,4 +386,52 @@ pub(super) fn restart_only(text: &str) -> serde_yaml_ng::Value {
         }
     }
     value
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_shipped_rule_file_names_its_provider_for_people() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        let sets = super::super::load_dir(&dir).expect("shipped rules load");
+        assert!(sets.len() >= 54, "{}", sets.len());
+        // `_base.yaml` holds shared rules, not a provider.
+        for (id, set) in sets.iter().filter(|(id, _)| *id != "_base") {
+            assert_ne!(set.display_name, *id, "rules/{id}.yaml has no display_name");
+        }
+        assert_eq!(sets["google"].display_name, "Google Workspace");
+        assert_eq!(sets["microsoft"].display_name, "Microsoft 365");
+    }
+
+    #[test]
+    fn a_blank_display_name_or_scope_description_is_refused_with_its_file() {
+        let text = "integration: x\ndisplay_name: \" \"\nbase_url: https://x.example\nscope_descriptions: { read: \"\" }\n";
+        let errors = super::super::file::parse("rules/x.yaml", text, Some("x")).unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "rules/x.yaml:1: display_name must be 1 to 60 characters",
+                "rules/x.yaml:1: scope_descriptions: `read` has an empty description"
+            ]
+        );
+        let ok = "integration: x\nbase_url: https://x.example\n";
+        let set = super::super::file::parse("rules/x.yaml", ok, Some("x")).unwrap();
+        assert_eq!(set.display_name, "x", "without one, the id");
+        let text = "integration: x\nbase_url: https://x.example\nscope_descriptions:\n  a: Read\n  b: { en: Write, fr: Écrire }\n  c: { de: Löschen }\n  d: {}\n";
+        let errors = super::super::file::parse("rules/x.yaml", text, Some("x")).unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "rules/x.yaml:1: scope_descriptions: `c` needs an `en` text (the fallback)",
+                "rules/x.yaml:1: scope_descriptions: `d` has an empty description"
+            ]
+        );
+        let fixed = text.replace("  c: { de: Löschen }\n  d: {}\n", "");
+        let set = super::super::file::parse("rules/x.yaml", &fixed, Some("x")).unwrap();
+        let d = &set.scope_descriptions;
+        assert_eq!(
+            (d["a"].get("fr"), d["b"].get("fr"), d["b"].get("ja")),
+            ("Read", "Écrire", "Write")
+        );
+    }
 }

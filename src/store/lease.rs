@@ -110,11 +110,12 @@ macro_rules! lease_statements {
             }
             let marks = vec!["?"; c.ids.len()].join(", ");
             let skip = <Db as Dialect>::SKIP_LOCKED;
-            // `status || ''` and `+ 0` keep SQLite's planner on the primary key (the listed
-            // ids) instead of walking every due row through the expiry index.
+            // `|| ''` and `+ 0` keep SQLite's planner on the primary key (the listed ids):
+            // left free, it walked the integration's index, every row of it (56 ms a claim
+            // at 100k rows, against 1.3 ms; the drain fell to 40/s).
             let statement = format!(
                 "UPDATE connections SET lease_owner = ?, lease_until = ? WHERE id IN \
-                 (SELECT id FROM connections WHERE integration = ? AND status || '' = 'active' \
+                 (SELECT id FROM connections WHERE integration || '' = ? AND status || '' = 'active' \
                   AND (lease_owner IS NULL OR lease_until < ?) AND expires_at + 0 < ? \
                   AND id IN ({marks}) ORDER BY expires_at LIMIT ?{skip}) RETURNING id"
             );

@@ -33,7 +33,7 @@ impl AuthzServer {
     /// `clients`: oidc-provider client metadata; `access_ttl`: access-token lifetime (s).
     pub fn start(clients: serde_json::Value, access_ttl: u64) -> Option<AuthzServer> {
         let dir = repo_path("tests/authz");
-        if let Err(why) = install(&dir) {
+        if let Err(why) = npm_ci(&dir, "oidc-provider") {
             skip(&why);
             return None;
         }
@@ -103,11 +103,15 @@ impl AuthzServer {
     }
 }
 
-/// `npm ci` once per test binary (tests run in parallel threads), unless already installed.
-fn install(dir: &std::path::Path) -> Result<(), String> {
+/// `npm ci` in `dir` once per test binary (tests run in parallel threads), unless its
+/// `package` is already installed.
+pub(crate) fn npm_ci(dir: &std::path::Path, package: &str) -> Result<(), String> {
     static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = ONCE.lock().unwrap_or_else(|p| p.into_inner());
-    if dir.join("node_modules/oidc-provider/package.json").exists() {
+    if dir
+        .join(format!("node_modules/{package}/package.json"))
+        .exists()
+    {
         return Ok(());
     }
     let out = Command::new("npm")
@@ -117,7 +121,8 @@ fn install(dir: &std::path::Path) -> Result<(), String> {
         .map_err(|e| format!("cannot run npm (Node.js is needed): {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "`npm ci` in tests/authz failed: {}",
+            "`npm ci` in {} failed: {}",
+            dir.display(),
             String::from_utf8_lossy(&out.stderr)
         ));
     }

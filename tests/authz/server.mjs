@@ -6,7 +6,8 @@
 //
 // What this file adds is only what a browser user and a test need:
 //   GET  /interaction/:uid     the "user": logs in as login_hint (or alice@example.test) and
-//                              consents to the requested scopes, with no form to fill in
+//                              consents to the requested scopes, with no form to fill in; a
+//                              login_hint starting with `declines` says no (access_denied)
 //   POST /test/revoke?account= the user revokes grantd's access (all grants of the account)
 //   GET  /test/stats           token-endpoint calls so far, by grant_type
 //   GET  /test/active?token=   whether an access token is still honoured (revocation tests)
@@ -57,6 +58,13 @@ provider.use(async (ctx, next) => {
     const details = await provider.interactionDetails(ctx.req, ctx.res);
     const { params, prompt } = details;
     const accountId = params.login_hint || 'alice@example.test';
+    if (accountId.startsWith('declines')) {
+      await provider.interactionFinished(ctx.req, ctx.res, {
+        error: 'access_denied', error_description: 'The user did not allow access',
+      }, { mergeWithLastSubmission: false });
+      ctx.respond = false;
+      return;
+    }
     const grant = details.grantId
       ? await provider.Grant.find(details.grantId)
       : new provider.Grant({ accountId, clientId: params.client_id });

@@ -57,8 +57,10 @@ async fn refused_elsewhere(w: &World, cb: &url::Url, name: &str) {
     assert_eq!(refused.status, 403, "{}", text(&refused));
     let page = text(&refused);
     assert!(
-        page.contains("started in a different browser")
-            && page.contains("Start again from the app&#39;s link"),
+        page.contains("<h1>Please use the same browser</h1>")
+            && page.contains("started in another browser")
+            && page
+                .contains("Open the link from the app that sent you here again, in this browser."),
         "{page}"
     );
     assert!(refused.headers.get("set-cookie").is_none());
@@ -220,7 +222,7 @@ async fn over_https_the_binding_cookie_is_secure_and_host_prefixed() {
     assert_eq!(callback_with(None).await.status, 403);
     let done = callback_with(Some(format!("other=1; {name}={value}"))).await;
     assert_eq!(done.status, 400, "the user said no: {}", text(&done));
-    assert!(text(&done).contains("did not grant access"));
+    assert!(text(&done).contains("<h1>Not connected</h1>"));
     let (cleared, empty, attributes) = only_set_cookie(&done);
     assert_eq!((cleared, empty), (name, String::new()));
     assert_eq!(

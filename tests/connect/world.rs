@@ -1,5 +1,6 @@
 //! The connect tests' world: the authorization server (oidc-provider), a callback receiver
 //! and grantd wired to both, plus the URL helpers the tests share.
+#![allow(dead_code)] // each test binary uses a different subset
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +38,10 @@ pub(crate) fn free_port() -> u16 {
 pub(crate) fn rule_file(name: &str, authz: SocketAddr, client_auth: &str) -> String {
     format!(
         r#"integration: {name}
+display_name: Example Cloud
+scope_descriptions:
+  email: See your email address
+  openid: {{ en: Know who you are, fr: Savoir qui vous êtes }}
 base_url: http://{authz}
 auth:
   authorize_url: http://{authz}/auth
