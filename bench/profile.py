@@ -59,6 +59,33 @@ def measured(name, cmd, url, work, requests):
     return total / n, dump, n
 
 
+def sampled(release, work, top):
+    """User and kernel time together: perf's cpu-clock samples of grantd (one worker) under wrk."""
+    if not shutil.which("perf"):
+        print("perf not installed: no sampled profile (apt-get install linux-perf)")
+        return
+    proc = subprocess.Popen([f"{release}/grantd", "serve", "--config", f"{work}/grantd.yaml"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{PORTS['grantd']}/plain/bench/json"
+    wait_http(url)
+    load(url, 2000)
+    data = f"{work}/perf.data"
+    perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "2000", "-g", "-p", str(proc.pid),
+                             "-o", data, "--", "sleep", "8"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(["wrk", "-t1", "-c8", "-d8s", url], capture_output=True)
+    perf.wait()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait()
+    for sort, title in (("dso", "by object"), ("symbol", "by function")):
+        out = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", sort, "--stdio"],
+                             capture_output=True, text=True).stdout
+        rows = [l for l in out.splitlines() if re.match(r"^\s+[\d.]+%", l)]
+        print(f"grantd sampled with perf (cpu-clock, user + kernel), self time {title}:")
+        for l in rows[:top]:
+            print("  " + re.sub(r"\s+", " ", l.strip())[:150])
+        print()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=20000)
@@ -97,16 +124,16 @@ def main():
         print(f"instructions per request (callgrind, one worker each, {nginx[2]:,} / {grantd[2]:,} requests)")
         print(f"  nginx   {nginx[0]:>10,.0f}")
         print(f"  grantd  {grantd[0]:>10,.0f}   {grantd[0] / nginx[0]:.2f}x nginx\n")
-        for flag, title in (("--inclusive=yes", "inclusive"), ("--inclusive=no", "self")):
-            out = subprocess.run(["callgrind_annotate", flag, grantd[1]], capture_output=True, text=True).stdout
-            rows = [l for l in out.splitlines() if re.match(r"^\s*[\d,]+ \(", l)]
-            print(f"grantd, top {args.top} functions ({title}, % of all instructions in the measured window):")
-            for l in rows[: args.top]:
-                m = re.match(r"^\s*([\d,]+) \(\s*([\d.]+)%\)\s+(.*)$", l)
-                if m:
-                    fn = re.sub(r"^\S+:", "", m.group(3))[:150]
-                    print(f"  {m.group(2):>6}%  {fn}")
-            print()
+        out = subprocess.run(["callgrind_annotate", "--inclusive=yes", grantd[1]], capture_output=True, text=True).stdout
+        rows = [l for l in out.splitlines() if re.match(r"^\s*[\d,]+ \(", l)]
+        print(f"grantd under callgrind, top {args.top} (inclusive, % of user-space instructions in the window):")
+        for l in rows[: args.top]:
+            m = re.match(r"^\s*([\d,]+) \(\s*([\d.]+)%\)\s+(.*)$", l)
+            if m:
+                fn = re.sub(r"^\S+:", "", m.group(3))[:150]
+                print(f"  {m.group(2):>6}%  {fn}")
+        print()
+        sampled(release, work, args.top)
     finally:
         upstream.send_signal(signal.SIGTERM)
         upstream.wait()

@@ -73,6 +73,9 @@ def ndjson(ids, expires_in):
         "access_token": f"at-{i}", "refresh_token": f"rt-{i}", "expires_in": expires_in}}) + "\n" for i in ids).encode()
 
 
+CACHE_LINE = ""
+
+
 def start_grantd(dir, store_line, replica=0):
     """Replica 0 serves the benchmark's ports; others (PostgreSQL only) share its store."""
     dir = f"{dir}/r{replica}"
@@ -81,7 +84,7 @@ def start_grantd(dir, store_line, replica=0):
     open(f"{dir}/rules/lab.yaml", "w").write(
         f"integration: lab\nbase_url: http://127.0.0.1:{PORTS['fake']}\nauth:\n  token_url: http://127.0.0.1:{PORTS['fake']}/token\nrules: []\n")
     open(f"{dir}/grantd.yaml", "w").write(
-        f"listen: 127.0.0.1:{proxy}\nworkers: 1\nrules_dir: rules\n{store_line}\n"
+        f"listen: 127.0.0.1:{proxy}\nworkers: 1\nrules_dir: rules\n{store_line[:-1]}{CACHE_LINE} }}\n"
         f"encryption: {{ key: {KEY} }}\nadmin: {{ listen: 127.0.0.1:{admin}, token: bench }}\n"
         "refresh: { max_concurrent_per_integration: 16, scan_interval: 1s }\n"
         f"integrations:\n  lab: {{ client_id: bench, client_secret: bench }}\n")
@@ -161,9 +164,12 @@ def main():
     ap.add_argument("--seconds", type=int, default=20, help="wrk duration; long enough to use 100k connections")
     ap.add_argument("--drains", type=int, default=3, help="repeated drains of --due connections")
     ap.add_argument("--replicas", type=int, default=1, help="also drain with this many processes (PostgreSQL)")
+    ap.add_argument("--cache-size", help="store.cache_size (default: grantd's)")
     args = ap.parse_args()
     if args.replicas > 1 and args.store != "postgres":
         ap.error("--replicas needs --store postgres (replicas share one store)")
+    global CACHE_LINE
+    CACHE_LINE = f", cache_size: {args.cache_size}" if args.cache_size else ""
     ensure_tools()
     subprocess.run(["cargo", "build", "--release", "--bin", "grantd"], cwd=ROOT, check=True)
     threading.Thread(target=Server(("127.0.0.1", PORTS["fake"]), Fake).serve_forever, daemon=True).start()

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::connect::link::Links;
 use crate::connect::public::Public;
 use crate::connect::Connect;
+use crate::connections::census;
 use crate::connections::client::oauth_clients;
 use crate::connections::credential::Accepts;
 use crate::connections::crypto::Keyring;
@@ -31,6 +32,7 @@ use crate::reload::{Baseline, Reloads};
 use crate::rules::RuleSet;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
+use crate::telemetry::Metrics;
 use crate::upstream;
 
 pub use crate::connections::crypto::EXAMPLE_KEY;
@@ -41,6 +43,8 @@ pub struct App {
     pub admin_addr: Option<SocketAddr>,
     /// The public connect listener, when `connect.listen` is set.
     pub connect_addr: Option<SocketAddr>,
+    /// The probes-and-scrapes listener, when `ops.listen` is set.
+    pub ops_addr: Option<SocketAddr>,
     pub connect: Arc<Connect>,
     pub connections: Arc<Connections>,
     /// The store itself, for those that keep more than connections (tests, tools).
@@ -48,6 +52,8 @@ pub struct App {
     pub refresher: Arc<Refresher>,
     reloads: Reloads,
     stop: watch::Sender<bool>,
+    /// Sent once the proxy has drained: the ops listener answers readyz 503 until then.
+    drained: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
     control: Option<tokio::runtime::Runtime>,
 }
@@ -64,12 +70,17 @@ impl App {
             .clone()
             .map(|l| l as Arc<dyn crate::callbacks::body::ReconnectLinks>);
         let store = control.block_on(open_store(&config.store, outbox))?;
-        let connections = Arc::new(Connections::with_cache(
-            store.clone(),
-            keys,
-            config.store.cache_ttl,
-            config.store.cache_size.0 as u64,
-        ));
+        // The one registry: every part counts into it, `/_grantd/metrics` renders it.
+        let metrics = Arc::new(Metrics::default());
+        let connections = Arc::new(
+            Connections::with_cache(
+                store.clone(),
+                keys,
+                config.store.cache_ttl,
+                config.store.cache_size.0 as u64,
+            )
+            .with_metrics(metrics.clone()),
+        );
         let clients = oauth_clients(config, &rule_sets)?;
         let tls = upstream::tls_config(&config.upstream)?;
         let token_client = upstream::client(&config.upstream, tls.clone());
@@ -90,7 +101,19 @@ impl App {
             config,
         ));
         let baseline = Baseline::of(&rule_sets);
-        let proxy = proxy_with_connections(config, rule_sets, &connections, &refresher, &store)?;
+        let proxy = proxy_with_connections(
+            config,
+            rule_sets,
+            &connections,
+            &refresher,
+            &store,
+            &metrics,
+        )?;
+        control.spawn(census::run(
+            store.clone(),
+            metrics.clone(),
+            config.store.gauge_interval,
+        ));
         let reloads = Reloads::start(
             proxy.clone(),
             &config.rules_dir,
@@ -123,22 +146,34 @@ impl App {
             upstream::client(&config.upstream, tls),
             &config.callbacks,
             reconnect_links,
-        );
-        control.spawn(Arc::new(deliverer.map_err(anyhow::Error::msg)?).run());
+        )
+        .map_err(anyhow::Error::msg)?
+        .with_metrics(&metrics);
+        control.spawn(Arc::new(deliverer).run());
 
+        let (drained, drained_rx) = watch::channel(false);
+        let ops_addr = match config.ops.listen {
+            Some(addr) => Some(serve_on(&control, addr, "ops.listen", |l| {
+                let (config, draining) = (config.server.clone(), stop_rx.clone());
+                proxy.clone().serve_ops(l, config, draining, drained_rx)
+            })?),
+            None => None,
+        };
         let (proxy_addr, workers) = spawn_workers(config, &proxy, &stop_rx)?;
         let integrations = proxy.integrations();
-        tracing::info!(listen = %proxy_addr, admin = ?admin_addr, workers = config.workers, integrations = ?integrations, "grantd proxy listening");
+        tracing::info!(listen = %proxy_addr, admin = ?admin_addr, ops = ?ops_addr, workers = config.workers, integrations = ?integrations, "grantd proxy listening");
         Ok(App {
             proxy_addr,
             admin_addr,
             connect_addr,
+            ops_addr,
             connect,
             connections,
             store,
             refresher,
             reloads,
             stop,
+            drained,
             workers,
             control: Some(control),
         })
@@ -158,6 +193,7 @@ impl App {
                 Err(_) => anyhow::bail!("a worker thread panicked"),
             }
         }
+        let _ = self.drained.send(true);
         if let Some(control) = self.control.take() {
             control.shutdown_timeout(Duration::from_secs(5));
         }
@@ -213,12 +249,14 @@ fn proxy_with_connections(
     connections: &Arc<Connections>,
     refresher: &Arc<Refresher>,
     store: &Arc<dyn Store>,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Arc<Proxy>> {
     let connections = Arc::new(ConnectionPolicy::new(
         connections.clone(),
         refresher.clone(),
     ));
-    let proxy = Proxy::new(config, rule_sets)?.with_connections(connections, store.clone());
+    let proxy = Proxy::new_in(config, rule_sets, metrics.clone())?
+        .with_connections(connections, store.clone());
     Ok(Arc::new(proxy))
 }
 

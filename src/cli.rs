@@ -105,7 +105,15 @@ fn serve(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
-    crate::telemetry::init_logging(config.log.format);
+    let traces = match crate::traces::Traces::start(&config.telemetry, &config.upstream) {
+        Ok(t) => t,
+        Err(e) => {
+            return fail(&format!(
+                "cannot start traces (telemetry.otlp_endpoint): {e:#}"
+            ))
+        }
+    };
+    crate::telemetry::init_logging(config.log.format, traces.as_ref().map(|t| t.layer()));
     let rule_sets = match rules::load_dir(&config.rules_dir) {
         Ok(s) => s,
         Err(e) => return fail(&format!("rule files are invalid:\n{e}")),
@@ -136,7 +144,12 @@ fn serve(path: &Path) -> ExitCode {
         app.reload();
     }
     tracing::info!("shutting down: draining connections");
-    match app.shutdown() {
+    let stopped = app.shutdown();
+    // After the drain, so the last requests' spans are in the final batch.
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    match stopped {
         Ok(()) => {
             tracing::info!("grantd stopped");
             ExitCode::SUCCESS

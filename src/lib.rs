@@ -10,8 +10,8 @@
 //!    and `return_to` allow-lists), [`time`] (clock, RFC 3339), [`retry_after`] (when to try
 //!    again);
 //! 2. [`config`] (typed config, parsed once);
-//! 3. [`callers`], [`listener`], [`telemetry`], [`upstream`]: who may call, accepting sockets,
-//!    logs and metrics, the outbound client;
+//! 3. [`callers`], [`listener`], [`telemetry`], [`upstream`], [`traces`]: who may call,
+//!    accepting sockets, logs and metrics, the outbound client, the OpenTelemetry exporter;
 //! 4. [`rules`]: rule files, their evaluation;
 //! 5. [`store`]: durable rows, transitions and the events they imply, on SQLite or PostgreSQL;
 //! 6. [`callbacks`]: signing and delivering those events;
@@ -42,4 +42,5 @@ pub mod store;
 pub mod telemetry;
 pub mod template;
 pub mod time;
+pub mod traces;
 pub mod upstream;

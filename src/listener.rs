@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -80,14 +80,16 @@ impl Gate {
 }
 
 /// Serves `handle` on `listener` until `stop` turns true.
-pub async fn serve<F, Fut>(
+pub async fn serve<F, Fut, B>(
     listener: TcpListener,
     config: &ServerConfig,
     mut stop: tokio::sync::watch::Receiver<bool>,
     handle: F,
 ) where
     F: Fn(Request<crate::body::Body>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let gate = Gate::new(config.max_connections);
     let builder = http(config);

@@ -1,32 +1,71 @@
 //! Logging setup and Prometheus metrics.
 //!
 //! Owns the tracing subscriber and the metric registry. Counters are created per integration
-//! and rule at startup so the request path only increments an atomic. Nothing here may record
-//! a header value, a query string or a body: those can carry secrets.
+//! and rule at startup so the request path only increments an atomic; the metrics of the other
+//! parts (refreshes, statuses, callbacks, connect) are in [`lifecycle`]. Nothing here may
+//! record a header value, a query string or a body: those can carry secrets.
+
+mod lifecycle;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use tracing_subscriber::Layer;
+
 use crate::config::LogFormat;
+pub use lifecycle::{CallbackMetrics, ConnectOutcome, Lifecycle, RefreshOutcome, Timings};
+
+/// The target of every span grantd exports (see `traces`). Logs never show these spans, and
+/// the exporter sees nothing else (no log event, no library's span).
+pub const TRACE_TARGET: &str = "grantd::traces";
+
+/// A layer under the log lines, on the bare registry (the OpenTelemetry one).
+pub type TraceLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
 
 type Labels = Vec<(String, String)>;
 
-/// Installs the global subscriber; `GRANTD_LOG` (env-filter syntax) sets the level.
-pub fn init_logging(format: LogFormat) {
+/// Installs the global subscriber; `GRANTD_LOG` (env-filter syntax) sets the level. `traces`
+/// is the OpenTelemetry layer when traces are on (see `traces`); its spans never reach the
+/// log lines, so logs read the same either way.
+pub fn init_logging(format: LogFormat, traces: Option<TraceLayer>) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // A second init (tests start several servers in one process) is harmless. Without traces
+    // there is no layer at all: an empty one would still have every span made and stored.
+    let _ = match traces {
+        Some(traces) => tracing_subscriber::registry()
+            .with(traces)
+            .with(log_lines(format))
+            .try_init(),
+        None => tracing_subscriber::registry()
+            .with(log_lines(format))
+            .try_init(),
+    };
+}
+
+/// Log lines to stderr, at the level `GRANTD_LOG` sets, without the spans that are traces.
+fn log_lines<S>(format: LogFormat) -> impl Layer<S> + Send + Sync
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use std::io::IsTerminal;
+    use tracing_subscriber::filter::{filter_fn, FilterExt as _};
     let filter = tracing_subscriber::EnvFilter::try_from_env("GRANTD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let not_a_trace_span = filter_fn(|meta| !(meta.is_span() && meta.target() == TRACE_TARGET));
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    // A second init (tests start several servers in one process) is harmless.
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let lines = match format {
+        LogFormat::Json => lines.json().boxed(),
+        LogFormat::Text => lines.boxed(),
     };
+    lines.with_filter(filter.and(not_a_trace_span))
 }
 
 /// The metric families; see `/_grantd/metrics`.
@@ -36,6 +75,10 @@ pub struct Metrics {
     verdicts: Family<Labels, Counter>,
     rule_errors: Family<Labels, Counter>,
     oversize: Family<Labels, Counter>,
+    parts: lifecycle::Families,
+    /// Each integration's [`Lifecycle`], made when its route is (see [`Metrics::integration`]):
+    /// only configured integrations get series.
+    lifecycles: RwLock<HashMap<String, Arc<Lifecycle>>>,
     pub runtime: RuntimeMetrics,
 }
 
@@ -48,6 +91,7 @@ pub struct IntegrationMetrics {
     pub upstream_error: Counter,
     pub upstream_timeout: Counter,
     pub oversize: Counter,
+    pub timings: Timings,
     integration: String,
     verdicts: Family<Labels, Counter>,
     rule_errors: Family<Labels, Counter>,
@@ -80,6 +124,7 @@ impl Default for Metrics {
             "Responses a rule matched but that exceeded max_buffered_body and passed through unevaluated",
             oversize.clone(),
         );
+        let parts = lifecycle::Families::register(&mut registry);
         let runtime = RuntimeMetrics::register(&mut registry);
         Metrics {
             registry,
@@ -87,13 +132,21 @@ impl Default for Metrics {
             verdicts,
             rule_errors,
             oversize,
+            parts,
+            lifecycles: RwLock::default(),
             runtime,
         }
     }
 }
 
 impl Metrics {
+    /// The request path's handles for `name`; also makes `name` known to [`Metrics::lifecycle`].
     pub fn integration(&self, name: &str) -> IntegrationMetrics {
+        self.lifecycles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(self.parts.lifecycle(name)));
         let result = |r: &str| {
             self.responses
                 .get_or_create(&vec![
@@ -112,10 +165,36 @@ impl Metrics {
                 .oversize
                 .get_or_create(&vec![("integration".into(), name.into())])
                 .clone(),
+            timings: self.parts.timings(name),
             integration: name.into(),
             verdicts: self.verdicts.clone(),
             rule_errors: self.rule_errors.clone(),
         }
+    }
+
+    /// The metrics of a configured integration outside the request path; `None` for a name
+    /// no route has (a stored connection of a removed integration): its label would be unbounded.
+    pub fn lifecycle(&self, integration: &str) -> Option<Arc<Lifecycle>> {
+        let lifecycles = self.lifecycles.read().unwrap_or_else(|p| p.into_inner());
+        lifecycles.get(integration).cloned()
+    }
+
+    /// A connect-flow outcome; `integration` is `None` when the callback's `state` said nothing.
+    pub fn connect(&self, integration: Option<&str>, outcome: ConnectOutcome) {
+        match integration.and_then(|i| self.lifecycle(i)) {
+            Some(l) => l.connect(outcome),
+            None => self.parts.connect_unattributed(outcome),
+        }
+    }
+
+    /// Sets the connection gauges from the store's `(integration, status, count)` rows.
+    pub fn set_connection_counts(&self, rows: &[(String, &str, i64)]) {
+        let lifecycles = self.lifecycles.read().unwrap_or_else(|p| p.into_inner());
+        lifecycle::set_connection_counts(&lifecycles, rows);
+    }
+
+    pub fn callbacks(&self) -> CallbackMetrics {
+        self.parts.callbacks()
     }
 
     /// Prometheus text exposition.

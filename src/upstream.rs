@@ -35,23 +35,30 @@ pub fn tls_config(config: &UpstreamConfig) -> anyhow::Result<Arc<rustls::ClientC
 /// A pooled client. Each runtime builds its own, so a pooled connection is only ever used by
 /// the thread that owns it.
 pub fn client(config: &UpstreamConfig, tls: Arc<rustls::ClientConfig>) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(config.connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*tls).clone())
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .http1_writev(false) // see the server side in `proxy`: cheaper for small requests
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .pool_idle_timeout(config.pool_idle_timeout)
         .pool_max_idle_per_host(config.pool_max_idle_per_host)
-        .build(https)
+        .build(connector(config, tls))
+}
+
+/// The connector under [`client`]: HTTP or rustls-HTTPS, HTTP/1.1 and HTTP/2 by ALPN.
+pub fn connector(
+    config: &UpstreamConfig,
+    tls: Arc<rustls::ClientConfig>,
+) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*tls).clone())
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http)
 }
 
 fn root_store(extra: Option<&Path>) -> anyhow::Result<RootCertStore> {

@@ -3,6 +3,7 @@
 
 mod common;
 mod oauth;
+mod spawned;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::process::{spawn, spawn_command, Process};
 use common::*;
 use http::Request;
 use http_body_util::Full;
 use oauth::{Mode, Provider};
+use spawned::{spawn, spawn_command, Process};
 
 fn write_config(dir: &Path, p: &Provider, extra: &str) -> std::path::PathBuf {
     let path = dir.join("grantd.yaml");

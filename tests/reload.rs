@@ -3,6 +3,7 @@
 //! spawned `grantd serve`.
 
 mod common;
+mod spawned;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::process::spawn;
 use common::*;
+use spawned::spawn;
 
 /// A lab rule file whose one rule answers `error` (with `status`) for every `ok: false` body.
 fn rules(status: u16, error: &str) -> String {

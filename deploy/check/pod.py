@@ -10,10 +10,12 @@ machine):
   `..data`), each emptyDir as a tmpfs (group-writable for fsGroup);
 - the manifest's user (runAsUser/runAsGroup) and env (secrets as stand-ins); the shared service's
   database is the local PostgreSQL, reached through its Unix socket, in a fresh schema;
-then checks: the startup, liveness and readiness probes' paths answer 200 on the listener the
-probes use; an integration route without a caller token is refused and with one reaches a local
-stand-in for Slack; a connection imported on the admin API is stored (on the emptyDir, or in
-PostgreSQL); the process runs as the manifest's uid; SIGTERM while a request is upstream still
+then checks: the startup, liveness and readiness probes' paths answer 200 on the port the probes
+name, /_grantd/metrics on the port Prometheus is told to scrape, and that port (the ops listener)
+never proxies; an integration route reaches a local stand-in for Slack, with the caller token
+where the config has callers (and is refused without it), without one on the sidecar's loopback;
+a connection imported on the admin API is stored (on the emptyDir, or in PostgreSQL); the process
+runs as the manifest's uid; SIGTERM while a request is upstream turns readiness 503 and still
 answers that request, then grantd exits 0 within terminationGracePeriodSeconds.
 
 What it does not show: that the Dockerfile builds (dockerfile.py checks its shape), or several
@@ -45,9 +47,10 @@ import yaml
 IMAGE_BINARY = "/usr/local/bin/grantd"  # the Dockerfile's ENTRYPOINT
 IN_NAMESPACE = "GRANTD_POD_CHECK_NAMESPACED"
 PG_SOCKET_DIR = "/var/run/postgresql"
-# Each example, and the env var of the caller whose token the check presents. configs.placeholder()
-# makes a SHA-256 stand-in the hash of the variable's own name, so the name is the token.
-EXAMPLES = (("sidecar", "GRANTD_CALLER_TOKEN_SHA256"), ("shared", "BILLING_CALLER_TOKEN_SHA256"))
+# Each example, and the env var of the caller whose token the check presents (None: the proxy is
+# on loopback with no callers). configs.placeholder() makes a SHA-256 stand-in the hash of the
+# variable's own name, so the name is the token.
+EXAMPLES = (("sidecar", None), ("shared", "BILLING_CALLER_TOKEN_SHA256"))
 
 
 class Upstream(http.server.BaseHTTPRequestHandler):
@@ -143,8 +146,10 @@ def run_example(name: str, caller_var: str, binary: Path, upstream_port: int) ->
         config = configs.lay_out(root, docs, pod, container, f"deploy/{name}")
         build_root(root, binary)
         mount_volumes(root, binary, pod, container, postgres)
+        annotations = next(d for d in docs if d.get("kind") == "Deployment")["spec"]["template"]["metadata"]["annotations"]
+        ports = {"scrape": int(annotations["prometheus.io/port"])}
         with tempfile.TemporaryFile("w+") as log:
-            problems = serve_and_check(root, config, pod, container, env, caller_var, log)
+            problems = serve_and_check(root, config, pod, container, env, caller_var, ports, log)
             log.seek(0)
             text = log.read()
         if postgres and not problems and psql(f"SELECT count(*) FROM {schema}.connections WHERE id = 'pod_check'") != "1":
@@ -161,18 +166,25 @@ def run_example(name: str, caller_var: str, binary: Path, upstream_port: int) ->
     return problems
 
 
-def serve_and_check(root: Path, config: Path, pod: dict, container: dict, env: dict, caller_var: str, log) -> list:
+def local(listen: str) -> str:
+    return listen.replace("0.0.0.0", "127.0.0.1")
+
+
+def serve_and_check(root: Path, config: Path, pod: dict, container: dict, env: dict, caller_var, ports: dict, log) -> list:
     security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
     uid, gid = security["runAsUser"], security["runAsGroup"]
-    admin = yaml.safe_load(config.read_text())["admin"]["listen"].replace("0.0.0.0", "127.0.0.1")
+    grantd = yaml.safe_load(config.read_text())
+    admin = local(grantd["admin"]["listen"])
+    ports["proxy"] = local(grantd["listen"])
+    ports["ops"] = int(grantd["ops"]["listen"].rsplit(":", 1)[1])
     proc = subprocess.Popen(
         ["unshare", f"--root={root}", "--setgid", str(gid), "--setuid", str(uid),
          IMAGE_BINARY, "serve", *container.get("args", [])],
         env={"PATH": "/usr/bin:/bin", **env}, stdout=log, stderr=subprocess.STDOUT,
     )
-    caller = {"Proxy-Authorization": f"Bearer {caller_var}"}
+    caller = {"Proxy-Authorization": f"Bearer {caller_var}"} if caller_var else {}
     try:
-        problems = probe(proc, container, env, caller, admin)
+        problems = probe(proc, container, env, caller, admin, ports)
         store = root / "var/lib/grantd/grantd.db"
         if "GRANTD_DATABASE_URL" not in env and (not store.is_file() or store.stat().st_uid != uid):
             problems.append(f"no store file owned by uid {uid} on the emptyDir")
@@ -180,15 +192,15 @@ def serve_and_check(root: Path, config: Path, pod: dict, container: dict, env: d
             uids = next(l.split()[1:] for l in f if l.startswith("Uid:"))
         if set(uids) != {str(uid)}:
             problems.append(f"grantd runs as uids {uids}, not {uid}")
-        return problems + (stop(proc, pod, container, caller) if proc.poll() is None else [])
+        return problems + (stop(proc, pod, container, caller, ports) if proc.poll() is None else [])
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
 
 
-def probe(proc, container: dict, env: dict, caller: dict, admin_listen: str) -> list:
-    base = f"http://127.0.0.1:{proxy_port(container)}"
+def probe(proc, container: dict, env: dict, caller: dict, admin_listen: str, ports: dict) -> list:
+    base = f"http://127.0.0.1:{probe_port(container, 'startupProbe')}"
     startup = container["startupProbe"]
     started = time.monotonic()
     deadline = started + startup["periodSeconds"] * startup["failureThreshold"]
@@ -205,17 +217,22 @@ def probe(proc, container: dict, env: dict, caller: dict, admin_listen: str) -> 
     problems = []
     for name in ("livenessProbe", "readinessProbe"):
         path = container[name]["httpGet"]["path"]
-        status, body = request("GET", base + path)
+        status, body = request("GET", f"http://127.0.0.1:{probe_port(container, name)}{path}")
         if status != 200:
             problems.append(f"{name} {path}: {status} {body}")
-    if request("GET", base + "/_grantd/metrics")[0] != 200:
-        problems.append("/_grantd/metrics did not answer 200")
-    status, _ = request("GET", base + "/slack/auth.test")
-    if status != 401:
-        problems.append(f"an integration route without a caller token answered {status}, not 401")
-    status, body = request("GET", base + "/slack/auth.test", caller)
+    if request("GET", f"http://127.0.0.1:{ports['scrape']}/_grantd/metrics")[0] != 200:
+        problems.append(f"/_grantd/metrics did not answer 200 on the scraped port {ports['scrape']}")
+    status, _ = request("GET", f"http://127.0.0.1:{ports['ops']}/slack/auth.test", caller)
+    if status != 404:
+        problems.append(f"the ops listener answered an integration route with {status}, not 404")
+    proxy = f"http://{ports['proxy']}/slack/auth.test"
+    if caller:
+        status, _ = request("GET", proxy)
+        if status != 401:
+            problems.append(f"an integration route without a caller token answered {status}, not 401")
+    status, body = request("GET", proxy, caller)
     if status != 200:
-        problems.append(f"a request with the caller token answered {status} {body}, not 200")
+        problems.append(f"a request {'with the caller token' if caller else 'on loopback'} answered {status} {body}, not 200")
     url = f"http://{admin_listen}/v1/connections/pod_check"
     auth = {"Authorization": f"Bearer {env['GRANTD_ADMIN_TOKEN']}", "Content-Type": "application/json"}
     conn = {"integration": "slack", "credentials": {"access_token": "xoxb-pod-check", "expires_in": 3600}}
@@ -225,15 +242,20 @@ def probe(proc, container: dict, env: dict, caller: dict, admin_listen: str) -> 
     return problems
 
 
-def proxy_port(container: dict) -> int:
-    return next(p["containerPort"] for p in container["ports"] if p["name"] == "proxy")
+def probe_port(container: dict, probe: str) -> int:
+    """The port a probe names, by name or number, as the kubelet resolves it."""
+    port = container[probe]["httpGet"]["port"]
+    if isinstance(port, int):
+        return port
+    return next(p["containerPort"] for p in container["ports"] if p["name"] == port)
 
 
-def stop(proc, pod: dict, container: dict, caller: dict) -> list:
-    """SIGTERM while a request is upstream: it must still be answered, then grantd exits 0."""
+def stop(proc, pod: dict, container: dict, caller: dict, ports: dict) -> list:
+    """SIGTERM while a request is upstream: readiness turns 503 at once, the request is still
+    answered, then grantd exits 0."""
     grace = pod.get("terminationGracePeriodSeconds", 30)
     answer = []
-    url = f"http://127.0.0.1:{proxy_port(container)}/slack/slow"
+    url = f"http://{ports['proxy']}/slack/slow"
     client = threading.Thread(target=lambda: answer.append(request("GET", url, caller)))
     Upstream.slow_started.clear()
     client.start()
@@ -241,6 +263,14 @@ def stop(proc, pod: dict, container: dict, caller: dict) -> list:
         return ["the in-flight request never reached the upstream"]
     proc.send_signal(signal.SIGTERM)
     sent = time.monotonic()
+    ready = f"http://127.0.0.1:{probe_port(container, 'readinessProbe')}{container['readinessProbe']['httpGet']['path']}"
+    draining = None
+    while draining is None and time.monotonic() - sent < Upstream.SLOW / 2:
+        try:
+            status = request("GET", ready)[0]
+            draining = time.monotonic() - sent if status == 503 else None
+        except OSError:
+            pass
     try:
         code = proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
@@ -248,6 +278,10 @@ def stop(proc, pod: dict, container: dict, caller: dict) -> list:
     print(f"     stopped {time.monotonic() - sent:.2f} s after SIGTERM, one request in flight ({Upstream.SLOW} s upstream)")
     client.join(10)
     problems = [] if code == 0 else [f"SIGTERM: grantd exited {code}, not 0"]
+    if draining is None:
+        problems.append(f"readiness did not answer 503 within {Upstream.SLOW / 2} s of SIGTERM, while a request was in flight")
+    else:
+        print(f"     readiness 503 {draining:.2f} s after SIGTERM")
     if answer[:1] != [(200, '{"ok":true}')]:
         problems.append(f'the request in flight at SIGTERM got {answer[:1]}, not 200 {{"ok":true}}')
     return problems
@@ -265,7 +299,8 @@ def in_namespace(binary: Path) -> int:
             print(f"FAIL deploy/{name} pod: {p}", file=sys.stderr)
         if not problems:
             store = "PostgreSQL" if name == "shared" else "the emptyDir"
-            print(f"ok   deploy/{name} pod: probes, caller check, store on {store}, non-root, read-only root, drain on SIGTERM")
+            callers = "caller check" if caller_var else "no caller token on loopback"
+            print(f"ok   deploy/{name} pod: probes and scrape on the ops port, {callers}, store on {store}, non-root, read-only root, drain on SIGTERM")
         failed |= bool(problems)
     upstream.shutdown()
     return 1 if failed else 0

@@ -15,6 +15,7 @@ use super::sign::{self, SigningKey};
 use crate::config::{CallbacksConfig, EndpointConfig};
 use crate::store::events::ALL;
 use crate::store::{Delivery, DeliveryResult, Outbox, Store};
+use crate::telemetry::{CallbackMetrics, Metrics};
 use crate::time::now_ms;
 use crate::upstream::UpstreamClient;
 
@@ -31,6 +32,7 @@ pub struct Deliverer {
     config: CallbacksConfig,
     /// Makes the `reconnect_url` of `authentication_error` events (when links are on).
     links: Option<Arc<dyn ReconnectLinks>>,
+    metrics: CallbackMetrics,
 }
 
 /// Validates the endpoints and derives the store's routing table. Errors name the endpoint.
@@ -95,7 +97,14 @@ impl Deliverer {
             endpoints,
             config: config.clone(),
             links,
+            metrics: Metrics::default().callbacks(),
         })
+    }
+
+    /// Counts deliveries in `metrics` (the process's registry) instead of a private one.
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Deliverer {
+        self.metrics = metrics.callbacks();
+        self
     }
 
     /// Runs until the process stops.
@@ -136,12 +145,15 @@ impl Deliverer {
         };
         match &result {
             DeliveryResult::Delivered => {
+                self.metrics.delivered.inc();
                 tracing::info!(event = %d.id, kind = %d.kind, endpoint = %d.endpoint, "callback delivered")
             }
             DeliveryResult::Retry { error, .. } => {
+                self.metrics.failed.inc();
                 tracing::info!(event = %d.id, endpoint = %d.endpoint, attempt = d.attempts + 1, %error, "callback attempt failed; will retry")
             }
             DeliveryResult::Failed { error } => {
+                self.metrics.failed.inc();
                 tracing::warn!(event = %d.id, endpoint = %d.endpoint, %error, "callback failed for good")
             }
         }

@@ -11,13 +11,17 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 mod branding;
+mod ops;
 mod runtime;
 mod sections;
+mod telemetry;
 mod values;
 
 pub use branding::BrandingConfig;
+pub use ops::OpsConfig;
 pub use runtime::*;
 pub use sections::*;
+pub use telemetry::TelemetryConfig;
 use values::interpolate_value;
 pub use values::{interpolate, ByteSize};
 
@@ -55,6 +59,9 @@ pub struct Config {
     pub evaluation: EvaluationConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// OpenTelemetry traces (off unless `telemetry.otlp_endpoint` is set).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     #[serde(default)]
     pub store: StoreConfig,
     /// Required by `serve`: tokens are encrypted at rest with it.
@@ -68,6 +75,9 @@ pub struct Config {
     pub callbacks: CallbacksConfig,
     #[serde(default)]
     pub connect: ConnectConfig,
+    /// The probes-and-scrapes listener, when `ops.listen` is set.
+    #[serde(default)]
+    pub ops: OpsConfig,
     /// Applications allowed to use the proxy port. None: the port is open (a sidecar on
     /// loopback); any non-loopback `listen` then also needs `allow_unauthenticated_callers`.
     #[serde(default)]
@@ -95,12 +105,14 @@ impl Default for Config {
             server: ServerConfig::default(),
             evaluation: EvaluationConfig::default(),
             log: LogConfig::default(),
+            telemetry: TelemetryConfig::default(),
             store: StoreConfig::default(),
             encryption: None,
             admin: AdminConfig::default(),
             refresh: RefreshConfig::default(),
             callbacks: CallbacksConfig::default(),
             connect: ConnectConfig::default(),
+            ops: OpsConfig::default(),
             callers: Vec::new(),
             allow_unauthenticated_callers: false,
             integrations: BTreeMap::new(),
@@ -190,6 +202,8 @@ impl Config {
             ));
         }
         self.connect.validate()?;
+        self.telemetry.validate()?;
+        self.ops.validate(&self.listeners())?;
         for (name, i) in &self.integrations {
             if let Some(r) = &i.redirect_uri {
                 ConnectConfig {
@@ -201,6 +215,17 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The other listeners grantd serves, each with its key.
+    fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let admin_on = self.admin.token.as_deref().is_some_and(|t| !t.is_empty());
+        let admin = admin_on.then_some(("admin.listen", self.admin.listen));
+        let connect = self.connect.listen.map(|a| ("connect.listen", a));
+        [Some(("listen", self.listen)), admin, connect]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }
 
@@ -335,6 +360,37 @@ mod tests {
             !shown.contains("c2VjcmV0") && !shown.contains("hunter2") && !shown.contains("s3cr3t"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn traces_are_off_by_default_and_the_endpoint_is_checked() {
+        let c = Config::parse("", &env).unwrap();
+        assert_eq!(c.telemetry.traces_url(), None);
+        let c = Config::parse(
+            "telemetry: { otlp_endpoint: \"http://collector:4318/\", service_name: edge }\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.telemetry.traces_url().as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        assert_eq!(c.telemetry.service_name, "edge");
+        for (text, expected) in [
+            (
+                "telemetry: { otlp_endpoint: collector:4318 }",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "telemetry: { otlp_endpoint: \"http://c:4318?x=1\" }",
+                "no query",
+            ),
+            ("telemetry: { sample_ratio: 1.5 }", "telemetry.sample_ratio"),
+            ("telemetry: { otlp_endpoit: x }", "otlp_endpoit"),
+        ] {
+            let e = Config::parse(text, &env).unwrap_err();
+            assert!(e.contains(expected), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -119,6 +119,9 @@ pub struct StoreConfig {
     /// The in-memory cache's bound, in bytes; least recently used connections go first.
     #[serde(default = "default_cache_size")]
     pub cache_size: ByteSize,
+    /// How often the connection and callback-backlog gauges are counted in the store.
+    #[serde(with = "humantime_serde", default = "d15")]
+    pub gauge_interval: Duration,
 }
 
 impl Default for StoreConfig {
@@ -130,8 +133,13 @@ impl Default for StoreConfig {
             schema: None,
             cache_ttl: d2(),
             cache_size: default_cache_size(),
+            gauge_interval: d15(),
         }
     }
+}
+
+fn d15() -> Duration {
+    Duration::from_secs(15)
 }
 
 pub(super) fn default_store_path() -> PathBuf {
@@ -502,6 +510,10 @@ pub struct IntegrationConfig {
     /// Scopes asked for when a connect request names none.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Send W3C `traceparent`/`tracestate` on to the provider (grantd's upstream span when
+    /// traces are on, else the app's). Off: they are stripped.
+    #[serde(default)]
+    pub forward_traceparent: bool,
 }
 
 impl std::fmt::Debug for IntegrationConfig {
@@ -518,6 +530,7 @@ impl std::fmt::Debug for IntegrationConfig {
             .field("authorize_url", &self.authorize_url)
             .field("redirect_uri", &self.redirect_uri)
             .field("scopes", &self.scopes)
+            .field("forward_traceparent", &self.forward_traceparent)
             .finish()
     }
 }

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::connections::token::{self, TokenResult};
 use crate::store::{ConnectState, Taken};
+use crate::telemetry::ConnectOutcome;
 use crate::template::under_prefix;
 use crate::time::{now_ms, rfc3339};
 
@@ -88,24 +89,34 @@ impl Connect {
             .as_str()
             .filter(|r| under_prefix(r, &self.config.return_to))
             .map(str::to_string);
-        let outcome = if let Some(code) = query.get("error") {
+        let (outcome, counted) = if let Some(code) = query.get("error") {
             let description = query.get("error_description").map_or("", String::as_str);
             let message = format!("The provider did not grant access: {code} {description}");
-            Err(err(
+            let refused = err(
                 StatusCode::BAD_REQUEST,
                 provider_code(code),
                 message.trim_end(),
-            ))
+            );
+            (Err(refused), ConnectOutcome::Declined)
         } else {
-            match query.get("code").filter(|c| !c.is_empty()) {
+            let outcome = match query.get("code").filter(|c| !c.is_empty()) {
                 Some(code) => self.exchange(&state, code).await,
                 None => Err(err(
                     StatusCode::BAD_REQUEST,
                     "missing_code",
                     "The provider sent no authorization code.",
                 )),
-            }
+            };
+            let counted = match &outcome {
+                Ok(()) => ConnectOutcome::Connected,
+                Err(e) if matches!(e.code, "exchange_failed" | "store_failed") => {
+                    ConnectOutcome::ExchangeFailed
+                }
+                Err(_) => ConnectOutcome::Invalid,
+            };
+            (outcome, counted)
         };
+        self.count(Some(&state.integration), counted);
         Ok(Completed {
             state,
             return_to,
@@ -119,6 +130,7 @@ impl Connect {
         browser: Option<&str>,
     ) -> Result<ConnectState, ConnectError> {
         let state = query.get("state").filter(|s| !s.is_empty()).ok_or_else(|| {
+            self.count(None, ConnectOutcome::Invalid);
             err(
                 StatusCode::BAD_REQUEST,
                 "missing_state",
@@ -131,6 +143,15 @@ impl Connect {
             .take_connect_state(&sha256_hex(state), browser, now)
             .await
             .map_err(unavailable)?;
+        let counted = match &taken {
+            Taken::Unknown => Some((None, ConnectOutcome::Invalid)),
+            Taken::Foreign(s) | Taken::Used(s) => Some((Some(s), ConnectOutcome::Invalid)),
+            Taken::Fresh(s) if s.expires_at <= now => Some((Some(s), ConnectOutcome::Expired)),
+            Taken::Fresh(_) => None, // counted when the callback finishes
+        };
+        if let Some((state, outcome)) = counted {
+            self.count(state.map(|s| s.integration.as_str()), outcome);
+        }
         match taken {
             Taken::Unknown => Err(err(
                 StatusCode::BAD_REQUEST,

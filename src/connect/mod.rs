@@ -29,6 +29,7 @@ use crate::connections::crypto::Keyring;
 use crate::connections::token::OAuthClient;
 use crate::connections::{validate_id, Connections};
 use crate::store::{ConnectState, Store};
+use crate::telemetry::ConnectOutcome;
 use crate::template::under_prefix;
 use crate::time::{now_ms, rfc3339};
 use crate::upstream::UpstreamClient;
@@ -169,6 +170,11 @@ impl Connect {
         self.exchanges.load(Ordering::Relaxed)
     }
 
+    /// Counts a step of the flow; `integration` is `None` when the callback's `state` said nothing.
+    fn count(&self, integration: Option<&str>, outcome: ConnectOutcome) {
+        self.connections.metrics().connect(integration, outcome);
+    }
+
     /// Validates a request and fills in its connection id. Returns the integration's client.
     async fn prepare(&self, req: &mut ConnectRequest) -> Result<&OAuthClient, ConnectError> {
         let name = &req.integration;
@@ -289,6 +295,7 @@ impl Connect {
             &scopes,
             req.login_hint.as_deref(),
         )?;
+        self.count(Some(&req.integration), ConnectOutcome::Started);
         let started = Started {
             integration: req.integration,
             connection_id,

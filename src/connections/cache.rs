@@ -50,6 +50,7 @@ impl Connections {
                 .weigher(weight)
                 .build(),
             cache_ttl,
+            metrics: Arc::default(),
         }
     }
 

@@ -31,7 +31,8 @@ impl Connections {
         held: Option<Held>,
     ) -> Result<ConnectionView, ConnectionError> {
         let (row, transition) = self.prepare(id, req, held, now_ms()).await?;
-        let stored = self.store.put(row, transition).await?;
+        let stored = self.store.put(row, transition.clone()).await?;
+        self.count_transition(&stored.integration, transition.as_ref());
         self.settle(&stored)
     }
 
@@ -54,9 +55,12 @@ impl Connections {
             let chunk = std::mem::replace(&mut ready, rest);
             let (indices, rows): (Vec<usize>, Vec<_>) =
                 chunk.into_iter().map(|(i, r, t)| (i, (r, t))).unzip();
+            let transitions: Vec<Option<Transition>> =
+                rows.iter().map(|(_, t)| t.clone()).collect();
             match self.store.put_many(rows).await {
                 Ok(stored) => {
-                    for (i, row) in indices.into_iter().zip(&stored) {
+                    for ((i, row), t) in indices.into_iter().zip(&stored).zip(&transitions) {
+                        self.count_transition(&row.integration, t.as_ref());
                         self.forget(&row.id);
                         answers[i] = Some(Ok(()));
                     }

@@ -13,6 +13,7 @@
 
 pub mod assertion;
 mod cache;
+pub mod census;
 pub mod client;
 pub mod credential;
 pub mod crypto;
@@ -20,6 +21,7 @@ pub mod import;
 pub mod mint;
 mod proactive;
 pub mod refresh;
+mod refreshed;
 pub mod revoke;
 pub mod timing;
 pub mod token;
@@ -32,6 +34,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::store::{ConnectionRow, ListQuery, Status, Store, StoreError, Transition};
+use crate::telemetry::Metrics;
 use crate::time::now_ms;
 use credential::{Held, Kind};
 use crypto::Keyring;
@@ -149,6 +152,9 @@ pub struct Connections {
     /// path takes no global lock.
     cache: moka::sync::Cache<String, cache::Cached>,
     cache_ttl: std::time::Duration,
+    /// Status transitions, refreshes and lease waits are counted here (a private registry
+    /// unless [`Connections::with_metrics`] gives the shared one).
+    metrics: Arc<Metrics>,
 }
 
 fn aad(id: &str, field: &str) -> String {
@@ -280,8 +286,31 @@ impl Connections {
         previous: Option<&ConnectionRow>,
         cause: &str,
     ) -> Result<ConnectionView, ConnectionError> {
-        let stored = self.store.put(row, to_active(previous, cause)).await?;
+        let transition = to_active(previous, cause);
+        let stored = self.store.put(row, transition.clone()).await?;
+        self.count_transition(&stored.integration, transition.as_ref());
         self.settle(&stored)
+    }
+
+    /// Shares `metrics` (the process's registry) instead of a private one.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Connections {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Counts a recorded transition as the connection entering its status. A creation is
+    /// not counted: a new connection enters nothing, and `active` means reactivated.
+    fn count_transition(&self, integration: &str, t: Option<&Transition>) {
+        let Some(t) = t.filter(|t| t.from.is_some()) else {
+            return;
+        };
+        if let Some(lifecycle) = self.metrics.lifecycle(integration) {
+            lifecycle.entered(t.to.as_str());
+        }
     }
 
     /// After a write: the cache holds the stored row, and the view says what it is.
@@ -322,8 +351,9 @@ impl Connections {
             cause: "rule_verdict".into(),
             detail,
         };
-        let paused = self.store.cas(&next, row.version, Some(t)).await?;
+        let paused = self.store.cas(&next, row.version, Some(t.clone())).await?;
         if paused {
+            self.count_transition(&row.integration, Some(&t));
             self.forget(id);
             tracing::warn!(connection = %id, integration = %row.integration, "connection needs re-authentication (rule verdict)");
         }

@@ -10,49 +10,22 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::{OnceCell, Semaphore};
+use tracing::Instrument as _;
 
 use super::credential::Kind;
 use super::mint;
+pub use super::refreshed::Refreshed;
 use super::revoke::{self, Revocation};
 use super::token::{self, Failure, OAuthClient, TokenResult};
-use super::{Connection, ConnectionError, Connections};
+use super::{Connection, Connections};
 use crate::config::RefreshConfig;
 use crate::store::{ConnectionRow, LastError, Status, Transition};
 use crate::time::now_ms;
+use crate::traces;
 use crate::upstream::UpstreamClient;
-
-/// How a refresh ended, as waiters see it.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum Refreshed {
-    /// A new token is stored (by this flight or, found on re-reading, by someone else).
-    Ok {
-        version: i64,
-        expires_at: Option<i64>,
-        #[serde(skip)]
-        grant: Arc<Connection>,
-    },
-    NeedsReauth {
-        error: String,
-    },
-    ConfigError {
-        error: String,
-    },
-    /// Provider or network trouble; the connection stays as it was.
-    Transient {
-        error: String,
-        retry_at: Option<i64>,
-    },
-    /// Nothing to refresh with (no refresh token, or no OAuth client configured).
-    Impossible {
-        error: String,
-    },
-    NotFound,
-}
 
 pub struct Refresher {
     pub(super) connections: Arc<Connections>,
@@ -179,10 +152,12 @@ impl Refresher {
         let owned_id = id.to_string();
         let result = cell
             .get_or_init(|| async move {
+                // A child of the request that started the flight, wherever it runs.
+                let span = traces::refresh();
                 // Run on the control runtime: a dropped caller does not cancel the refresh.
                 let task = me.runtime.spawn({
                     let me = me.clone();
-                    async move {
+                    let run = async move {
                         match held {
                             Some(owner) => {
                                 me.refresh_holding_lease(&owned_id, &owner, seen_version, force)
@@ -190,12 +165,15 @@ impl Refresher {
                             }
                             None => me.run(&owned_id, seen_version, force).await,
                         }
-                    }
+                    };
+                    run.instrument(span.clone())
                 });
-                task.await.unwrap_or_else(|e| Refreshed::Transient {
+                let result = task.await.unwrap_or_else(|e| Refreshed::Transient {
                     error: format!("refresh task failed: {e}"),
                     retry_at: None,
-                })
+                });
+                span.record("grantd.refresh.outcome", result.outcome());
+                result
             })
             .await
             .clone();
@@ -220,6 +198,8 @@ impl Refresher {
         let give_up = now_ms()
             + 2 * self.config.lease.as_millis() as i64
             + self.config.token_timeout.as_millis() as i64;
+        let asked = Instant::now();
+        let mut waiting: Option<tracing::Span> = None;
         loop {
             let row = match self.connections.store.get(id).await {
                 Ok(Some(row)) => row,
@@ -227,7 +207,12 @@ impl Refresher {
                 Err(e) => return transient(format!("{e}"), None),
             };
             let now = now_ms();
+            // Observed once per refresh that took the lease or waited for it, however it ended.
+            let lease_waited = || self.lease_waited(&row.integration, asked);
             if let Some(done) = self.already_settled(&row, seen_version, now, force) {
+                if waiting.is_some() {
+                    lease_waited();
+                }
                 return done;
             }
             if self
@@ -243,17 +228,28 @@ impl Refresher {
                 .await
                 .unwrap_or(false)
             {
+                lease_waited();
+                drop(waiting); // the wait is over before the token call starts
                 return self
                     .refresh_holding_lease(id, &owner, seen_version, force)
                     .await;
             }
             if now > give_up {
+                lease_waited();
                 return transient(
                     "timed out waiting for another refresher's lease".into(),
                     None,
                 );
             }
-            tokio::time::sleep(self.config.lease_poll).await;
+            let span = waiting.get_or_insert_with(|| traces::lease_wait(&row.integration));
+            let poll = tokio::time::sleep(self.config.lease_poll);
+            poll.instrument(span.clone()).await;
+        }
+    }
+
+    fn lease_waited(&self, integration: &str, since: Instant) {
+        if let Some(m) = self.connections.metrics().lifecycle(integration) {
+            m.lease_waited(since.elapsed().as_secs_f64());
         }
     }
 
@@ -340,6 +336,8 @@ impl Refresher {
                 return transient(e.to_string(), None);
             }
         };
+        // Once per refresh span: every refresh that holds the lease passes here exactly once.
+        tracing::Span::current().record("grantd.integration", row.integration.as_str());
         if let Some(settled) = self.already_settled(&row, seen_version, now_ms(), force) {
             let _ = self.connections.store.release_lease(id, owner).await;
             return settled;
@@ -355,7 +353,13 @@ impl Refresher {
         };
         let client = &self.clients[&row.integration];
         let _permit = self.caps[&row.integration].acquire().await;
-        let result = self.call_token_endpoint(client, &grant).await;
+        let started = Instant::now();
+        let answer = self.call_token_endpoint(client, &grant).await;
+        // A minted token has no user behind it: a rejected grant is the operator's to fix.
+        let result = answer.minted(grant.kind.minted());
+        if let Some(m) = self.connections.metrics().lifecycle(&row.integration) {
+            m.refreshed(result.outcome(), started.elapsed().as_secs_f64());
+        }
         self.store_result(row, grant, result, client).await
     }
 
@@ -377,6 +381,7 @@ impl Refresher {
             &grant.metadata,
             self.config.token_timeout,
         )
+        .instrument(traces::token_call(&grant.integration))
         .await
     }
 
@@ -394,6 +399,8 @@ impl Refresher {
         if let Err(theirs) = self.write(&row, &next, transition.clone()).await {
             return theirs;
         }
+        self.connections
+            .count_transition(&row.integration, transition.as_ref());
         log_outcome(&row, &next, transition.as_ref());
         match outcome {
             Some(o) => {
@@ -426,11 +433,6 @@ impl Refresher {
         client: &OAuthClient,
         now: i64,
     ) -> (ConnectionRow, Option<Transition>, Option<Refreshed>) {
-        // A minted token has no user behind it: a rejected grant is the operator's to fix.
-        let result = match result {
-            TokenResult::Connection(f) if grant.kind.minted() => TokenResult::Config(f),
-            other => other,
-        };
         let mut next = row.clone();
         next.version = row.version + 1;
         next.updated_at = now;
@@ -592,13 +594,4 @@ pub(super) fn jitter(below: i64) -> i64 {
     let mut b = [0u8; 8];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     (u64::from_le_bytes(b) % below.max(1) as u64) as i64
-}
-
-impl From<ConnectionError> for Refreshed {
-    fn from(e: ConnectionError) -> Self {
-        match e {
-            ConnectionError::NotFound(_) => Refreshed::NotFound,
-            other => transient(other.to_string(), None),
-        }
-    }
 }

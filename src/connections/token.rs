@@ -17,6 +17,7 @@ use crate::rules::engine::Cancel;
 use crate::rules::file::{AuthSpec, CapturedResponse, ClientAuth};
 use crate::rules::{Action, Endpoint, Facts, Outcome as RuleOutcome, RuleSet, Verdict};
 use crate::store::{ConnectionRow, Status};
+use crate::telemetry::RefreshOutcome;
 use crate::template::{Template, Urls};
 use crate::upstream::UpstreamClient;
 
@@ -49,6 +50,24 @@ pub enum TokenResult {
 }
 
 impl TokenResult {
+    /// For a `minted` connection a rejected grant is a config error (no user can fix it).
+    pub fn minted(self, minted: bool) -> TokenResult {
+        match self {
+            TokenResult::Connection(f) if minted => TokenResult::Config(f),
+            other => other,
+        }
+    }
+
+    /// The word the refresh metrics count this answer under.
+    pub fn outcome(&self) -> RefreshOutcome {
+        match self {
+            TokenResult::Tokens(_) => RefreshOutcome::Ok,
+            TokenResult::Connection(_) => RefreshOutcome::NeedsReauth,
+            TokenResult::Config(_) => RefreshOutcome::ConfigError,
+            TokenResult::Transient(..) => RefreshOutcome::Transient,
+        }
+    }
+
     /// What the refresher does with this answer and what the app then sees, as `grantd rules
     /// eval` prints it: `reauth` (401 `needs_reauth`), `fix_config` (503 `config_error`), `retry`
     /// (503 `refresh_unavailable` once the old token has expired), or tokens.

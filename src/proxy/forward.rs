@@ -14,7 +14,9 @@ use http::{Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tracing::Instrument as _;
 
+use super::headers::trace_context;
 use super::inject::inject;
 use super::respond::{error_chain, Failure};
 use super::rewrite::Signal;
@@ -22,6 +24,7 @@ use super::route::Target;
 use super::Proxy;
 use crate::body::{empty, full, Body, BodyFailure, IdleTimeout, Watched};
 use crate::connections::Connection;
+use crate::traces;
 
 /// The request as the app sent it, kept so it can be sent again after a refresh.
 #[derive(Clone)]
@@ -131,14 +134,25 @@ impl Proxy {
         let uri = base
             .join(target.rest, query.as_deref())
             .map_err(|e| Failure::UpstreamUrl(e.to_string()))?;
+        let span = traces::upstream(&method, name);
+        trace_context(&mut headers, route.forward_traceparent, &span);
         let mut upstream_req = Request::new(body);
         *upstream_req.method_mut() = method.clone();
         *upstream_req.uri_mut() = uri;
         *upstream_req.headers_mut() = headers;
         let sent = tokio::time::timeout(self.request_timeout, target.client.request(upstream_req));
-        let resp = match sent.await {
-            Ok(Ok(resp)) => resp,
+        let started = std::time::Instant::now();
+        let resp = match sent.instrument(span.clone()).await {
+            Ok(Ok(resp)) => {
+                route
+                    .metrics
+                    .timings
+                    .upstream(started.elapsed().as_secs_f64());
+                traces::upstream_answered(&span, resp.status().as_u16());
+                resp
+            }
             Ok(Err(e)) => {
+                traces::upstream_failed(&span, "unreachable");
                 if let Some(failure) = body_failure.as_ref().and_then(|f| f.get()) {
                     return Err(self.client_body(*failure));
                 }
@@ -148,6 +162,7 @@ impl Proxy {
                 return Err(Failure::Unreachable(message));
             }
             Err(_) => {
+                traces::upstream_failed(&span, "timeout");
                 route.metrics.upstream_timeout.inc();
                 let message = format!(
                     "{} sent no response headers within {:?}",
@@ -158,6 +173,7 @@ impl Proxy {
                 return Err(Failure::UpstreamTimeout(message));
             }
         };
+        drop(span); // the exchange ends with the response headers; rules are the request's
         let origin = base.origin();
         self.rewrite(target, &method, &origin, resp, grant.is_some())
             .await

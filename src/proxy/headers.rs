@@ -2,8 +2,9 @@
 //!
 //! Owns header hygiene both ways: the caller's token and the named connection are taken out
 //! (neither ever reaches the provider), hop-by-hop and `Grantd-*` headers are dropped, and
-//! `Accept-Encoding` is narrowed to codings rules can read. It decides nothing about whether a
-//! caller or connection may be used (that is `callers` and [`super::connection`]).
+//! `Accept-Encoding` is narrowed to codings rules can read, W3C trace context goes on only
+//! where an integration asks for it. It decides nothing about whether a caller or connection
+//! may be used (that is `callers` and [`super::connection`]).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -67,6 +68,18 @@ pub(super) fn clean_request(headers: &mut HeaderMap) -> Named {
     headers.remove(header::HOST);
     restrict_accept_encoding(headers);
     named
+}
+
+/// W3C trace context toward the provider: stripped unless the integration opted in
+/// (`forward_traceparent`); when it did and traces are on, it names grantd's `upstream` span
+/// (same trace, grantd as the parent), else the app's goes on as it came.
+pub(super) fn trace_context(headers: &mut HeaderMap, forward: bool, upstream: &tracing::Span) {
+    if forward {
+        crate::traces::inject(upstream, headers);
+    } else {
+        headers.remove("traceparent");
+        headers.remove("tracestate");
+    }
 }
 
 /// The provider's response headers made fit to send back.

@@ -1,18 +1,51 @@
-//! `/_grantd/*`: grantd's own endpoints on the proxy listener (liveness, readiness, metrics).
+//! `/_grantd/*`: grantd's own endpoints (liveness, readiness, metrics), on the proxy listener
+//! and on the ops listener (`ops.listen`), which serves them and nothing else.
 //!
 //! Owns their answers only; it must not route to an integration or read request bodies.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use super::respond::{json_response, Failure};
 use super::Proxy;
 use crate::body::{full, Body};
+use crate::config::ServerConfig;
 
 impl Proxy {
+    /// The ops listener: `/_grantd/{healthz,readyz,metrics}` with the proxy's own handlers,
+    /// 404 for anything else (it never proxies). Once `draining` turns true, readyz answers 503
+    /// so that the pod leaves its Service while the proxy drains; serves until `stop`.
+    pub async fn serve_ops(
+        self: Arc<Self>,
+        listener: TcpListener,
+        config: ServerConfig,
+        draining: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
+    ) {
+        crate::listener::serve(listener, &config, stop, move |req| {
+            let (proxy, draining) = (self.clone(), draining.clone());
+            async move {
+                let found = req.uri().path().strip_prefix("/_grantd/");
+                let answer = match found {
+                    Some("readyz") if *draining.borrow() => Ok(json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({"status": "draining"}),
+                    )),
+                    Some(path @ ("healthz" | "readyz" | "metrics")) => proxy.internal(path).await,
+                    _ => Err(Failure::NotOps),
+                };
+                answer.unwrap_or_else(|f| f.respond(None))
+            }
+        })
+        .await
+    }
+
     pub(super) async fn internal(&self, path: &str) -> Result<Response<Body>, Failure> {
         Ok(match path {
             "healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),

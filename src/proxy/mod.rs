@@ -39,6 +39,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 
 pub use connection::ConnectionPolicy;
 #[doc(hidden)]
@@ -55,6 +56,7 @@ use crate::rules::RuleSet;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::template::Urls;
+use crate::traces;
 use crate::upstream::{self, UpstreamClient};
 use forward::Head;
 use respond::Failure;
@@ -83,7 +85,7 @@ pub struct Proxy {
     /// Bytes of request bodies kept for replay across all workers (`server.replay_budget`).
     replay_budget: Arc<tokio::sync::Semaphore>,
     eval: EvaluationConfig,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     /// Providers' rate limits, remembered (`ratelimit`).
     cooldowns: ratelimit::Cooldowns,
 }
@@ -91,7 +93,15 @@ pub struct Proxy {
 impl Proxy {
     /// Builds routes from the rule files and the config's overrides ([`routes`]).
     pub fn new(config: &Config, rule_sets: BTreeMap<String, RuleSet>) -> anyhow::Result<Proxy> {
-        let metrics = Metrics::default();
+        Proxy::new_in(config, rule_sets, Arc::new(Metrics::default()))
+    }
+
+    /// [`Proxy::new`], its metrics in `metrics` (the registry the other parts share).
+    pub fn new_in(
+        config: &Config,
+        rule_sets: BTreeMap<String, RuleSet>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Proxy> {
         let routes = routes(&config.integrations, rule_sets, &metrics)?;
         let budget = config.server.replay_budget.0;
         Ok(Proxy {
@@ -231,9 +241,15 @@ impl Proxy {
                             route: r,
                             rest: &rest,
                         };
-                        self.integration(target, req)
+                        let span = traces::request(req.method(), &name);
+                        traces::continue_from(&span, req.headers());
+                        let resp = self
+                            .integration(target, req)
+                            .instrument(span.clone())
                             .await
-                            .unwrap_or_else(|f| f.respond(Some(&name)))
+                            .unwrap_or_else(|f| f.respond(Some(&name)));
+                        respond::trace(&span, &resp);
+                        resp
                     }
                 }
             }
@@ -299,7 +315,8 @@ fn routes(
             continue; // rules for every integration, not a route
         }
         let urls = set.urls(overrides.get(&name)).map_err(anyhow::Error::msg)?;
-        let route = Route::new(&name, urls, set, metrics.integration(&name))?;
+        let mut route = Route::new(&name, urls, set, metrics.integration(&name))?;
+        route.forward_traceparent = overrides.get(&name).is_some_and(|i| i.forward_traceparent);
         routes.insert(name, route);
     }
     Ok(routes)

@@ -1,5 +1,6 @@
 //! The last phase: every way a request can fail, typed, and the one table that turns each into
-//! the response the app sees; and the headers a rule's verdict puts on a rewritten response.
+//! the response the app sees; the headers a rule's verdict puts on a rewritten response; and
+//! what the request's trace span records from those headers.
 //!
 //! Owns the wording, status, `Grantd-*` headers and JSON shape of grantd's own answers. It
 //! decides nothing: the phases above choose the [`Failure`], this module only says it. It must
@@ -39,6 +40,9 @@ pub(super) enum Failure {
     },
     /// `/_grantd/{path}` that does not exist.
     UnknownInternal(String),
+    /// Anything but `/_grantd/{healthz,readyz,metrics}` on the ops listener (the path is not
+    /// echoed: it may carry a secret).
+    NotOps,
     /// A `.` or `..` segment in any reading of the path.
     DotSegment,
     Caller(CallerRefusal),
@@ -125,6 +129,7 @@ impl Failure {
                 ..said(S::NOT_FOUND, "unknown_integration", format!("no integration `{name}`; requests look like /{{integration}}/{{path}}"))
             },
             Failure::UnknownInternal(path) => said(S::NOT_FOUND, "not_found", format!("no internal endpoint /_grantd/{path}")),
+            Failure::NotOps => said(S::NOT_FOUND, "not_found", "the ops listener serves only /_grantd/healthz, /_grantd/readyz and /_grantd/metrics".into()),
             Failure::DotSegment => said(S::BAD_REQUEST, "bad_path", "`.` and `..` path segments are refused".into()),
             Failure::Caller(CallerRefusal::Unauthenticated) => said(S::UNAUTHORIZED, "caller_unauthenticated", "this grantd authenticates its callers: send Proxy-Authorization: Bearer {caller token}".into()),
             Failure::Caller(CallerRefusal::Forbidden { caller, what }) => said(S::FORBIDDEN, "caller_forbidden", format!("caller `{caller}` may not use {what}")),
@@ -217,6 +222,25 @@ fn refused(id: &str, refusal: Refusal) -> Said {
         },
         Refusal::Broken(e) => said(S::INTERNAL_SERVER_ERROR, "connection_unusable", e),
     }
+}
+
+/// Records on the request span how `resp` came about, as its `Grantd-*` headers say: a
+/// verdict's rule, action and original status; a refusal's action; else the provider's status.
+pub(super) fn trace(span: &tracing::Span, resp: &Response<Body>) {
+    if span.is_disabled() {
+        return;
+    }
+    let h = resp.headers();
+    let text = |name: &HeaderName| h.get(name).and_then(|v| v.to_str().ok());
+    let status = resp.status().as_u16();
+    let upstream = match text(&GRANTD_ORIGINAL_STATUS) {
+        Some(original) => original.parse().ok(),
+        None if h.contains_key(GRANTD_ERROR) => None, // grantd's own answer
+        None => Some(status),
+    };
+    // `Grantd-Rule` is `{integration}/{rule}`; the span has the integration already.
+    let rule = text(&GRANTD_RULE).map(|r| r.split_once('/').map_or(r, |(_, rule)| rule));
+    crate::traces::responded(span, status, upstream, rule, text(&GRANTD_ACTION));
 }
 
 /// Puts a verdict on the provider's response: the new status, `Grantd-*` headers naming the

@@ -69,7 +69,16 @@ impl Proxy {
             Err(passed) => return Ok((Response::from_parts(parts, passed), Signal::None)),
         };
         let outcome = match decode_for_rules(&parts.headers, &bytes, self.max_buffered_body) {
-            Ok(decoded) => crate::rules::run(route.rules.clone(), facts, decoded, &self.eval).await,
+            Ok(decoded) => {
+                let started = std::time::Instant::now();
+                let outcome =
+                    crate::rules::run(route.rules.clone(), facts, decoded, &self.eval).await;
+                route
+                    .metrics
+                    .timings
+                    .evaluation(started.elapsed().as_secs_f64());
+                outcome
+            }
             Err(message) => Outcome::RuleError {
                 rule: "(body)".into(),
                 message,
@@ -140,6 +149,7 @@ impl Proxy {
             Outcome::RuleError { rule, message } => {
                 metrics.rule_error.inc();
                 metrics.rule_failed(&rule);
+                crate::traces::rule_failed(&rule);
                 tracing::warn!(integration = name, rule = %rule, %message, "rule failed; response passed through unmodified");
                 let value = header_text(&format!("{name}/{rule}: {message}"));
                 parts.headers.insert(GRANTD_RULE_ERROR, value);

@@ -31,6 +31,8 @@ pub(super) struct Route {
     pub(super) urls: Arc<Urls>,
     pub(super) rules: Arc<RuleSet>,
     pub(super) metrics: IntegrationMetrics,
+    /// `integrations.*.forward_traceparent`: W3C trace context goes on to the provider.
+    pub(super) forward_traceparent: bool,
 }
 
 /// A fixed base URL, or one that depends on the connection's metadata
@@ -67,6 +69,7 @@ impl Route {
             urls: Arc::new(urls),
             rules: Arc::new(rules),
             metrics,
+            forward_traceparent: false,
         })
     }
 

@@ -165,6 +165,7 @@ pub async fn list_pages_and_filters_and_counts_group(s: &dyn Store) {
 }
 
 pub async fn outbox_events_are_written_with_their_transition(s: &dyn Store) {
+    assert_eq!(s.backlog().await.unwrap(), (0, None), "an empty outbox");
     let stored = s.put(row("a"), None).await.unwrap();
     let mut next = stored.clone();
     next.version = 2;
@@ -177,6 +178,11 @@ pub async fn outbox_events_are_written_with_their_transition(s: &dyn Store) {
         detail: serde_json::json!({"code": "invalid_grant"}),
     };
     assert!(s.cas(&next, 1, Some(t)).await.unwrap());
+    assert_eq!(
+        s.backlog().await.unwrap(),
+        (1, Some(next.updated_at)),
+        "one pending delivery, its event written with the transition"
+    );
     let due = s.due_deliveries(now_ms() + 1, 10).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(
@@ -198,6 +204,11 @@ pub async fn outbox_events_are_written_with_their_transition(s: &dyn Store) {
         .unwrap();
     let delivered = s.deliveries(Some("delivered"), 10).await.unwrap();
     assert_eq!((delivered.len(), delivered[0].attempts), (1, 1));
+    assert_eq!(
+        s.backlog().await.unwrap(),
+        (0, None),
+        "delivered is not backlog"
+    );
 }
 
 pub async fn a_config_error_episode_is_one_event(s: &dyn Store) {

@@ -9,6 +9,7 @@
 //! functions, which the store calls inside the transaction). From the crate it imports only
 //! `time` and `config`.
 
+mod census;
 #[cfg(test)]
 mod conformance;
 mod cooldowns;
@@ -310,6 +311,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<ConnectionRow>, StoreError>;
     /// (integration, status, count) for every pair present.
     async fn counts(&self) -> Result<Vec<(String, Status, i64)>, StoreError>;
+    /// The callback backlog: deliveries not yet delivered, and when the oldest one's event
+    /// was written (`None` when there is none).
+    async fn backlog(&self) -> Result<(i64, Option<i64>), StoreError>;
     async fn transitions(&self, id: &str) -> Result<Vec<TransitionRecord>, StoreError>;
     /// Pending deliveries that are due, at most one per (connection, endpoint): the oldest,
     /// so each connection's events arrive in order.

@@ -85,6 +85,7 @@ macro_rules! sql_store {
             $crate::store::sql::connection_statements!();
             $crate::store::lease::lease_statements!();
             $crate::store::sql::delivery_statements!();
+            $crate::store::census::census_statements!();
             $crate::store::cooldowns::cooldown_statements!();
 
             #[async_trait]
@@ -163,6 +164,10 @@ macro_rules! sql_store {
 
                 async fn counts(&self) -> Result<Vec<(String, Status, i64)>, StoreError> {
                     counts(&self.pool).await
+                }
+
+                async fn backlog(&self) -> Result<(i64, Option<i64>), StoreError> {
+                    backlog(&self.pool).await
                 }
 
                 async fn transitions(&self, id: &str) -> Result<Vec<TransitionRecord>, StoreError> {
@@ -248,7 +253,7 @@ macro_rules! sql_store {
 pub(super) use sql_store;
 
 /// Defines the statements on connections (`get`, `list`, `put`, `cas`, `delete`, leases,
-/// `due`, `counts`, `transitions`) for one driver.
+/// `due`, `transitions`) for one driver.
 macro_rules! connection_statements {
     () => {
         async fn get(pool: &Pool, id: &str) -> Result<Option<ConnectionRow>, StoreError> {
@@ -432,17 +437,6 @@ macro_rules! connection_statements {
             .await
             .map_err(db)?;
             rows.iter().map(from_row).collect()
-        }
-
-        async fn counts(pool: &Pool) -> Result<Vec<(String, Status, i64)>, StoreError> {
-            let rows = sqlx::query(&q(
-                "SELECT integration, status, COUNT(*) AS n FROM connections \
-                 GROUP BY integration, status",
-            ))
-            .fetch_all(pool)
-            .await
-            .map_err(db)?;
-            rows.iter().map(count_from_row).collect()
         }
 
         async fn transitions(pool: &Pool, id: &str) -> Result<Vec<TransitionRecord>, StoreError> {

@@ -2,8 +2,6 @@
 //! plain HTTP client. Everything talks over real sockets.
 #![allow(dead_code)] // each test binary uses a different subset
 
-pub mod process;
-
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;

@@ -1,11 +1,13 @@
-//! `grantd serve` as a child process: its addresses read from its log, its stderr kept.
+//! `grantd serve` as a child process (the real binary, its real signal handling and exit),
+//! with its stderr collected and its listening addresses read from its first log line.
+#![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A `grantd serve` child; killed (SIGKILL) on drop. Its stderr is collected.
 pub struct Process {
@@ -67,5 +69,22 @@ pub fn spawn_command(mut command: Command) -> Process {
         proxy: proxy.parse().unwrap(),
         admin: admin.parse().unwrap(),
         log,
+    }
+}
+
+impl Process {
+    /// SIGTERM, as an orchestrator stops a pod, then waits (up to `within`) for the exit.
+    pub fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "could not signal grantd");
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 }
