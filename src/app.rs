@@ -28,6 +28,7 @@ use crate::connections::token::OAuthClient;
 use crate::connections::Connections;
 use crate::proxy::ConnectionPolicy;
 use crate::proxy::Proxy;
+use crate::reload::{Baseline, Reloads};
 use crate::rules::RuleSet;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
@@ -49,6 +50,7 @@ pub struct App {
     /// The store itself, for those that keep more than connections (tests, tools).
     pub store: Arc<dyn crate::store::Store>,
     pub refresher: Arc<Refresher>,
+    reloads: Reloads,
     stop: watch::Sender<bool>,
     /// Sent once the proxy has drained: the ops listener answers readyz 503 until then.
     drained: watch::Sender<bool>,
@@ -98,6 +100,7 @@ impl App {
             links,
             config,
         ));
+        let baseline = Baseline::of(&rule_sets);
         let proxy = proxy_with_connections(
             config,
             rule_sets,
@@ -111,6 +114,13 @@ impl App {
             metrics.clone(),
             config.store.gauge_interval,
         ));
+        let reloads = Reloads::start(
+            proxy.clone(),
+            &config.rules_dir,
+            config.reload.watch,
+            baseline,
+            control.handle(),
+        );
         let (stop, stop_rx) = watch::channel(false);
 
         let admin = admin_api(
@@ -130,6 +140,7 @@ impl App {
         };
         let connect_addr = serve_public(config, &connect, &control, &stop_rx)?;
         control.spawn(refresher.clone().run_proactive());
+        control.spawn(proxy.clone().sync_cooldowns(config.ratelimit.sync_interval));
         let deliverer = Deliverer::new(
             store.clone(),
             upstream::client(&config.upstream, tls),
@@ -149,7 +160,7 @@ impl App {
             None => None,
         };
         let (proxy_addr, workers) = spawn_workers(config, &proxy, &stop_rx)?;
-        let integrations: Vec<&str> = proxy.integrations().collect();
+        let integrations = proxy.integrations();
         tracing::info!(listen = %proxy_addr, admin = ?admin_addr, ops = ?ops_addr, workers = config.workers, integrations = ?integrations, "grantd proxy listening");
         Ok(App {
             proxy_addr,
@@ -160,11 +171,17 @@ impl App {
             connections,
             store,
             refresher,
+            reloads,
             stop,
             drained,
             workers,
             control: Some(control),
         })
+    }
+
+    /// Reloads the rule files (what SIGHUP does); the outcome is logged and counted.
+    pub fn reload(&self) {
+        self.reloads.request();
     }
 
     /// Stops accepting, drains the workers' connections, stops the control plane.
@@ -259,7 +276,8 @@ fn admin_api(
     };
     let accepts: HashMap<String, Accepts> = proxy
         .rule_sets()
-        .map(|(name, set)| (name.to_string(), Accepts::of(set)))
+        .into_iter()
+        .map(|(name, set)| (name, Accepts::of(&set)))
         .collect();
     let integrations = proxy
         .urls()

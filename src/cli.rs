@@ -129,13 +129,20 @@ fn serve(path: &Path) -> ExitCode {
         });
     let (rt, mut stop) = match signals {
         Ok(s) => s,
-        Err(e) => return fail(&format!("cannot listen for SIGTERM and SIGINT: {e}")),
+        Err(e) => {
+            return fail(&format!(
+                "cannot listen for SIGTERM, SIGINT and SIGHUP: {e}"
+            ))
+        }
     };
     let app = match crate::app::App::start(&config, rule_sets) {
         Ok(app) => app,
         Err(e) => return fail(&format!("{e:#}")),
     };
-    rt.block_on(stop.wait());
+    while rt.block_on(stop.wait()) == Signal::Reload {
+        tracing::info!("SIGHUP: reloading rule files");
+        app.reload();
+    }
     tracing::info!("shutting down: draining connections");
     let stopped = app.shutdown();
     // After the drain, so the last requests' spans are in the final batch.
@@ -151,12 +158,20 @@ fn serve(path: &Path) -> ExitCode {
     }
 }
 
-/// SIGTERM or SIGINT: time to drain and stop.
+/// SIGTERM or SIGINT: time to drain and stop; SIGHUP: reload the rule files.
 struct Shutdown {
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
     #[cfg(unix)]
     int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+#[derive(PartialEq)]
+enum Signal {
+    Stop,
+    Reload,
 }
 
 impl Shutdown {
@@ -166,6 +181,7 @@ impl Shutdown {
         Ok(Shutdown {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
@@ -174,14 +190,18 @@ impl Shutdown {
         Ok(Shutdown {})
     }
 
-    async fn wait(&mut self) {
+    async fn wait(&mut self) -> Signal {
         #[cfg(unix)]
         tokio::select! {
-            _ = self.term.recv() => {},
-            _ = self.int.recv() => {},
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
         }
         #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
+        }
     }
 }
 

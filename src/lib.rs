@@ -18,7 +18,8 @@
 //! 7. [`connections`]: sealing, caching, refreshing, minting and revoking credentials;
 //! 8. [`connect`]: the authorization-code flow;
 //! 9. [`proxy`]: the request path, one file per phase;
-//! 10. [`admin`], then [`app`] (wiring) and [`cli`].
+//! 10. [`admin`] and [`reload`] (rule files swapped while running), then [`app`] (wiring) and
+//!     [`cli`].
 //!
 //! The store shapes the events it writes inside its transactions (`store::events`), so
 //! `callbacks` imports `store` and never the other way round.
@@ -34,6 +35,7 @@ pub mod connect;
 pub mod connections;
 pub mod listener;
 pub mod proxy;
+pub mod reload;
 pub mod retry_after;
 pub mod rules;
 pub mod store;

@@ -79,6 +79,7 @@ pub struct Metrics {
     /// Each integration's [`Lifecycle`], made when its route is (see [`Metrics::integration`]):
     /// only configured integrations get series.
     lifecycles: RwLock<HashMap<String, Arc<Lifecycle>>>,
+    pub runtime: RuntimeMetrics,
 }
 
 /// Pre-resolved counters for one integration.
@@ -124,6 +125,7 @@ impl Default for Metrics {
             oversize.clone(),
         );
         let parts = lifecycle::Families::register(&mut registry);
+        let runtime = RuntimeMetrics::register(&mut registry);
         Metrics {
             registry,
             responses,
@@ -132,6 +134,7 @@ impl Default for Metrics {
             oversize,
             parts,
             lifecycles: RwLock::default(),
+            runtime,
         }
     }
 }
@@ -221,4 +224,65 @@ impl IntegrationMetrics {
             ])
             .inc();
     }
+}
+
+/// Hot reload and rate-limit memory (`reload`, `proxy::ratelimit`).
+#[derive(Clone)]
+pub struct RuntimeMetrics {
+    pub reloads: Counter,
+    pub reload_errors: Counter,
+    ratelimited: Family<Labels, Counter>,
+    cooldowns: Family<Labels, Counter>,
+}
+
+impl RuntimeMetrics {
+    fn register(registry: &mut Registry) -> RuntimeMetrics {
+        let m = RuntimeMetrics {
+            reloads: Counter::default(),
+            reload_errors: Counter::default(),
+            ratelimited: Family::default(),
+            cooldowns: Family::default(),
+        };
+        registry.register(
+            "rules_reloads",
+            "Rule reloads applied (SIGHUP or a change in rules_dir)",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "rules_reload_errors",
+            "Rule reloads rejected; the previous rules stay in force",
+            m.reload_errors.clone(),
+        );
+        registry.register(
+            "ratelimited",
+            "Requests answered with grantd's own 429 during a remembered cooldown, by scope",
+            m.ratelimited.clone(),
+        );
+        registry.register(
+            "ratelimit_cooldowns",
+            "Cooldowns started after a provider's 429 (or a rule's retry), by scope",
+            m.cooldowns.clone(),
+        );
+        m
+    }
+
+    /// `scope` is `connection` or `integration`.
+    pub fn ratelimited(&self, integration: &str, scope: &str) {
+        self.ratelimited
+            .get_or_create(&scoped(integration, scope))
+            .inc();
+    }
+
+    pub fn cooldown_started(&self, integration: &str, scope: &str) {
+        self.cooldowns
+            .get_or_create(&scoped(integration, scope))
+            .inc();
+    }
+}
+
+fn scoped(integration: &str, scope: &str) -> Labels {
+    vec![
+        ("integration".into(), integration.into()),
+        ("scope".into(), scope.into()),
+    ]
 }

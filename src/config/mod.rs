@@ -12,12 +12,14 @@ use serde_yaml_ng::Value;
 
 mod branding;
 mod ops;
+mod runtime;
 mod sections;
 mod telemetry;
 mod values;
 
 pub use branding::BrandingConfig;
 pub use ops::OpsConfig;
+pub use runtime::*;
 pub use sections::*;
 pub use telemetry::TelemetryConfig;
 use values::interpolate_value;
@@ -86,6 +88,10 @@ pub struct Config {
     /// Per-integration overrides, keyed by integration name.
     #[serde(default)]
     pub integrations: BTreeMap<String, IntegrationConfig>,
+    #[serde(default)]
+    pub reload: ReloadConfig,
+    #[serde(default)]
+    pub ratelimit: RateLimitConfig,
 }
 
 impl Default for Config {
@@ -110,6 +116,8 @@ impl Default for Config {
             callers: Vec::new(),
             allow_unauthenticated_callers: false,
             integrations: BTreeMap::new(),
+            reload: ReloadConfig::default(),
+            ratelimit: RateLimitConfig::default(),
         }
     }
 }

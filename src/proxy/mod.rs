@@ -6,7 +6,8 @@
 //! 1. `route`: the request line: no `CONNECT`, no absolute-form, a known integration, no
 //!    `.`/`..` segments; `/_grantd/*` goes to `internal`.
 //! 2. `headers`: who is asking and for which connection (both taken out), header hygiene.
-//!    Then the caller check (`callers`).
+//!    Then the caller check (`callers`), and `ratelimit`: a provider's 429 remembered answers
+//!    here, until its cooldown ends.
 //! 3. `connection`: the connection policy: a usable token (refreshed if expired), pause on
 //!    `reauth`, one refresh and one replay on `refresh`.
 //! 4. `forward`: one exchange: URL on the base, credential injected (`inject`), timeouts.
@@ -21,6 +22,7 @@ mod forward;
 mod headers;
 mod inject;
 mod internal;
+mod ratelimit;
 mod respond;
 mod rewrite;
 mod route;
@@ -31,6 +33,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -47,7 +50,7 @@ pub use rewrite::decode_for_rules;
 
 use crate::body::{Body, IdleTimeout};
 use crate::callers::Callers;
-use crate::config::{Config, EvaluationConfig, ServerConfig, UpstreamConfig};
+use crate::config::{Config, EvaluationConfig, IntegrationConfig, ServerConfig, UpstreamConfig};
 use crate::listener::Gate;
 use crate::rules::RuleSet;
 use crate::store::Store;
@@ -59,9 +62,15 @@ use forward::Head;
 use respond::Failure;
 use route::{Route, Routed, Target};
 
-/// Everything the request path needs, built once at startup.
+/// One routing table: a request reads it once and keeps it to the end.
+type Routes = BTreeMap<String, Route>;
+
+/// Everything the request path needs, built at startup; the routing table is swapped whole by
+/// [`Proxy::reload`].
 pub struct Proxy {
-    routes: BTreeMap<String, Route>,
+    routes: ArcSwap<Routes>,
+    /// The config's `integrations:` overrides, applied again to reloaded rule files.
+    overrides: BTreeMap<String, IntegrationConfig>,
     policy: Option<Arc<ConnectionPolicy>>,
     /// Asked by `/_grantd/readyz`.
     store: Option<Arc<dyn Store>>,
@@ -77,11 +86,12 @@ pub struct Proxy {
     replay_budget: Arc<tokio::sync::Semaphore>,
     eval: EvaluationConfig,
     metrics: Arc<Metrics>,
+    /// Providers' rate limits, remembered (`ratelimit`).
+    cooldowns: ratelimit::Cooldowns,
 }
 
 impl Proxy {
-    /// Builds routes from the rule files and the config's overrides. An override for an
-    /// integration without a rule file is a plain proxy route (it must then give `base_url`).
+    /// Builds routes from the rule files and the config's overrides ([`routes`]).
     pub fn new(config: &Config, rule_sets: BTreeMap<String, RuleSet>) -> anyhow::Result<Proxy> {
         Proxy::new_in(config, rule_sets, Arc::new(Metrics::default()))
     }
@@ -92,33 +102,11 @@ impl Proxy {
         rule_sets: BTreeMap<String, RuleSet>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Proxy> {
-        let mut routes = BTreeMap::new();
-        let mut sets = rule_sets;
-        for (name, over) in &config.integrations {
-            if !sets.contains_key(name) {
-                let base_url = over.base_url.clone().ok_or_else(|| {
-                    anyhow::anyhow!("integrations.{name}: no rule file rules/{name}.yaml, so base_url is required")
-                })?;
-                sets.insert(name.clone(), RuleSet::empty(name, base_url));
-            }
-        }
-        for (name, set) in sets {
-            if name == crate::rules::file::BASE {
-                continue; // rules for every integration, not a route
-            }
-            let urls = set
-                .urls(config.integrations.get(&name))
-                .map_err(anyhow::Error::msg)?;
-            let mut route = Route::new(&name, urls, set, metrics.integration(&name))?;
-            route.forward_traceparent = config
-                .integrations
-                .get(&name)
-                .is_some_and(|i| i.forward_traceparent);
-            routes.insert(name, route);
-        }
+        let routes = routes(&config.integrations, rule_sets, &metrics)?;
         let budget = config.server.replay_budget.0;
         Ok(Proxy {
-            routes,
+            routes: ArcSwap::from_pointee(routes),
+            overrides: config.integrations.clone(),
             policy: None,
             store: None,
             callers: Callers::new(&config.callers).map_err(anyhow::Error::msg)?,
@@ -133,6 +121,7 @@ impl Proxy {
             )),
             eval: config.evaluation.clone(),
             metrics,
+            cooldowns: ratelimit::Cooldowns::new(config.ratelimit.max_cooldown),
         })
     }
 
@@ -147,23 +136,38 @@ impl Proxy {
         self
     }
 
+    /// Replaces every route with one built from `rule_sets` (and the config's overrides), as
+    /// startup does. Requests in flight finish on the table they started with.
+    pub fn reload(&self, rule_sets: BTreeMap<String, RuleSet>) -> anyhow::Result<()> {
+        let routes = routes(&self.overrides, rule_sets, &self.metrics)?;
+        self.routes.store(Arc::new(routes));
+        Ok(())
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Each integration's URLs: what connection metadata must fit (checked on import).
     pub fn urls(&self) -> BTreeMap<String, Arc<Urls>> {
         self.routes
+            .load()
             .iter()
             .map(|(name, r)| (name.clone(), r.urls.clone()))
             .collect()
     }
 
     /// Each integration's rule file.
-    pub fn rule_sets(&self) -> impl Iterator<Item = (&str, &RuleSet)> {
+    pub fn rule_sets(&self) -> Vec<(String, Arc<RuleSet>)> {
         self.routes
+            .load()
             .iter()
-            .map(|(name, r)| (name.as_str(), &*r.rules))
+            .map(|(name, r)| (name.clone(), r.rules.clone()))
+            .collect()
     }
 
-    pub fn integrations(&self) -> impl Iterator<Item = &str> {
-        self.routes.keys().map(String::as_str)
+    pub fn integrations(&self) -> Vec<String> {
+        self.routes.load().keys().cloned().collect()
     }
 
     /// Serves until `shutdown` resolves, then drains open connections (up to 30 s). Call it
@@ -222,9 +226,11 @@ impl Proxy {
             }
             Ok(Routed::Integration { name, rest }) => {
                 let (name, rest) = (name.to_string(), rest.to_string());
-                match self.routes.get(&name) {
+                // Read once: a reload meanwhile does not change this request's rules.
+                let routes = self.routes.load_full();
+                match routes.get(&name) {
                     None => Failure::UnknownIntegration {
-                        known: self.integrations().map(str::to_string).collect(),
+                        known: routes.keys().cloned().collect(),
                         name,
                     }
                     .respond(None),
@@ -268,15 +274,50 @@ impl Proxy {
         self.callers
             .admit(named.caller_token.as_deref(), target.name, connection)
             .map_err(Failure::Caller)?;
+        if let Some((scope, until)) = self.cooling_down(&target, connection) {
+            return Err(Failure::RateLimited { scope, until });
+        }
         let mut head = Head::new(parts);
         // A client may stall or cut its body off midway: it is never sent upstream half-way.
         let body = IdleTimeout::new(body, self.server.body_timeout);
-        match connection {
-            Some(id) => self.for_connection(target, head, body, id).await,
+        let resp = match connection {
+            Some(id) => self.for_connection(target, head, body, id).await?,
             None => {
                 let body = head.streamed(body.boxed());
-                Ok(self.send(target, head, body, None).await?.0)
+                self.send(target, head, body, None).await?.0
             }
+        };
+        self.remember(&target, connection, resp.status(), resp.headers());
+        Ok(resp)
+    }
+}
+
+/// The routing table: one route per rule file or config override. An override for an
+/// integration without a rule file is a plain proxy route (it must then give `base_url`).
+fn routes(
+    overrides: &BTreeMap<String, IntegrationConfig>,
+    mut sets: BTreeMap<String, RuleSet>,
+    metrics: &Metrics,
+) -> anyhow::Result<Routes> {
+    for (name, over) in overrides {
+        if !sets.contains_key(name) {
+            let base_url = over.base_url.clone().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "integrations.{name}: no rule file rules/{name}.yaml, so base_url is required"
+                )
+            })?;
+            sets.insert(name.clone(), RuleSet::empty(name, base_url));
         }
     }
+    let mut routes = BTreeMap::new();
+    for (name, set) in sets {
+        if name == crate::rules::file::BASE {
+            continue; // rules for every integration, not a route
+        }
+        let urls = set.urls(overrides.get(&name)).map_err(anyhow::Error::msg)?;
+        let mut route = Route::new(&name, urls, set, metrics.integration(&name))?;
+        route.forward_traceparent = overrides.get(&name).is_some_and(|i| i.forward_traceparent);
+        routes.insert(name, route);
+    }
+    Ok(routes)
 }

@@ -15,14 +15,17 @@ use serde_json::{json, Value};
 
 use crate::body::{full, Body, BodyFailure};
 use crate::callers::CallerRefusal;
+use crate::rules::file::RateLimitScope;
 use crate::rules::{Action, Verdict};
 
 pub(super) const GRANTD_RULE: HeaderName = HeaderName::from_static("grantd-rule");
 const GRANTD_ORIGINAL_STATUS: HeaderName = HeaderName::from_static("grantd-original-status");
 const GRANTD_ERROR: HeaderName = HeaderName::from_static("grantd-error");
 const GRANTD_ERROR_DETAIL: HeaderName = HeaderName::from_static("grantd-error-detail");
-const GRANTD_ACTION: HeaderName = HeaderName::from_static("grantd-action");
+pub(super) const GRANTD_ACTION: HeaderName = HeaderName::from_static("grantd-action");
 pub(super) const GRANTD_RULE_ERROR: HeaderName = HeaderName::from_static("grantd-rule-error");
+/// `local` on a 429 grantd answered itself from a remembered rate limit.
+const GRANTD_RATELIMITED: HeaderName = HeaderName::from_static("grantd-ratelimited");
 
 /// Why grantd answered a request itself instead of with the provider's response.
 #[derive(Debug)]
@@ -43,6 +46,11 @@ pub(super) enum Failure {
     /// A `.` or `..` segment in any reading of the path.
     DotSegment,
     Caller(CallerRefusal),
+    /// The provider rate-limited this connection (or the integration) until `until` (ms).
+    RateLimited {
+        scope: RateLimitScope,
+        until: i64,
+    },
     ConnectionsDisabled,
     /// A named connection grantd will not use right now.
     Connection {
@@ -125,6 +133,12 @@ impl Failure {
             Failure::DotSegment => said(S::BAD_REQUEST, "bad_path", "`.` and `..` path segments are refused".into()),
             Failure::Caller(CallerRefusal::Unauthenticated) => said(S::UNAUTHORIZED, "caller_unauthenticated", "this grantd authenticates its callers: send Proxy-Authorization: Bearer {caller token}".into()),
             Failure::Caller(CallerRefusal::Forbidden { caller, what }) => said(S::FORBIDDEN, "caller_forbidden", format!("caller `{caller}` may not use {what}")),
+            Failure::RateLimited { scope, until } => Said {
+                action: Some("retry"),
+                retry_at: Some(until),
+                extra: Some(("scope", json!(scope.as_str()))),
+                ..said(S::TOO_MANY_REQUESTS, "rate_limited", format!("the provider rate-limited this {}; grantd answers for it until the limit ends, without calling the provider", scope.as_str()))
+            },
             Failure::ConnectionsDisabled => said(S::BAD_REQUEST, "connections_disabled", "this grantd has no connection store".into()),
             Failure::Connection { id, refusal } => Said {
                 extra: Some(("connection_id", json!(id))),
@@ -149,6 +163,7 @@ impl Failure {
     pub(super) fn respond(self, integration: Option<&str>) -> Response<Body> {
         let closes = matches!(self, Failure::ClientBody { .. });
         let caller = matches!(self, Failure::Caller(CallerRefusal::Unauthenticated));
+        let local_limit = matches!(self, Failure::RateLimited { .. });
         let s = self.said();
         let mut body = json!({"error": s.code, "message": s.message});
         if let Some(i) = integration {
@@ -175,8 +190,12 @@ impl Failure {
             );
         }
         if let Some(at) = s.retry_at {
-            let secs = ((at - crate::time::now_ms()) / 1000).max(1);
+            // Rounded up: coming back a fraction of a second early only meets the same answer.
+            let secs = ((at - crate::time::now_ms() + 999) / 1000).max(1);
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if local_limit {
+            h.insert(GRANTD_RATELIMITED, HeaderValue::from_static("local"));
         }
         if closes {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -10,7 +10,8 @@ use std::path::Path;
 use super::engine::Program;
 use super::spec::*;
 pub use super::spec::{
-    AuthSpec, CapturedResponse, ClientAuth, Expect, Inject, RequestSpec, TestCase,
+    AuthSpec, CapturedResponse, ClientAuth, Expect, Inject, RateLimitScope, RateLimitSpec,
+    RequestSpec, TestCase,
 };
 use super::{ContentTypeMatch, Endpoint, Matcher, Rule, RuleSet, StatusPattern};
 use crate::template::{Hosts, Template};
@@ -171,8 +172,10 @@ pub fn parse(file: &str, text: &str, stem: Option<&str>) -> Result<RuleSet, Vec<
         inherits_base: spec.base,
         auth: spec.auth,
         credentials: spec.credentials,
+        ratelimit: spec.ratelimit,
         rules,
         tests,
+        restart_only: restart_only(text),
     })
 }
 

@@ -208,8 +208,14 @@ pub struct RuleSet {
     pub auth: Option<file::AuthSpec>,
     /// The credential kinds it accepts besides OAuth (`credentials:`).
     pub credentials: credentials::CredentialsSpec,
+    /// Whether and for whom a provider's 429 is remembered (`ratelimit:`).
+    pub ratelimit: file::RateLimitSpec,
     pub rules: Vec<Rule>,
     pub tests: Vec<file::TestCase>,
+    /// What of the file only a restart applies, as parsed YAML: everything but the `api`
+    /// rules, `ratelimit`, the tests and the description (`spec::restart_only`). A reload
+    /// compares it.
+    pub restart_only: serde_yaml_ng::Value,
 }
 
 impl RuleSet {
@@ -227,8 +233,10 @@ impl RuleSet {
             inherits_base: false,
             auth: None,
             credentials: Default::default(),
+            ratelimit: Default::default(),
             rules: Vec::new(),
             tests: Vec::new(),
+            restart_only: serde_yaml_ng::Value::Null,
         }
     }
 

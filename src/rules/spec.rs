@@ -35,9 +35,51 @@ pub(super) struct FileSpec {
     #[serde(default)]
     pub(super) credentials: super::credentials::CredentialsSpec,
     #[serde(default)]
+    pub(super) ratelimit: RateLimitSpec,
+    #[serde(default)]
     pub(super) rules: Vec<RuleSpec>,
     #[serde(default)]
     pub(super) tests: Vec<TestSpec>,
+}
+
+/// `ratelimit:`: whether grantd remembers this provider's 429s, and for whom.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Off: every request reaches the provider, 429 or not.
+    #[serde(default = "default_true")]
+    pub remember: bool,
+    #[serde(default)]
+    pub scope: RateLimitScope,
+}
+
+impl Default for RateLimitSpec {
+    fn default() -> Self {
+        RateLimitSpec {
+            remember: true,
+            scope: RateLimitScope::default(),
+        }
+    }
+}
+
+/// Whose budget a provider's 429 spends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitScope {
+    /// Per token, user or workspace (most providers): only that connection waits.
+    #[default]
+    Connection,
+    /// Per app (one client id for everyone): every request to the integration waits.
+    Integration,
+}
+
+impl RateLimitScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateLimitScope::Connection => "connection",
+            RateLimitScope::Integration => "integration",
+        }
+    }
 }
 
 impl FileSpec {
@@ -316,6 +358,34 @@ pub struct TestCase {
     pub request: RequestSpec,
     pub response: CapturedResponse,
     pub expect: Expect,
+}
+
+/// Keys a reload applies; everything else in a rule file feeds the refresher, the connect flow
+/// and the admin API, which are built once at startup.
+const RELOADABLE: &[&str] = &["description", "tests", "ratelimit"];
+
+/// The file without what a reload may change: its `api` rules (`on: token` rules stay: the
+/// refresher classifies token responses with the set it started with) and [`RELOADABLE`] keys.
+pub(super) fn restart_only(text: &str) -> serde_yaml_ng::Value {
+    use serde_yaml_ng::Value;
+    // `text` already parsed as a rule file, so it parses as YAML.
+    let mut value: Value = serde_yaml_ng::from_str(text).unwrap_or(Value::Null);
+    if let Some(map) = value.as_mapping_mut() {
+        for key in RELOADABLE {
+            map.remove(*key);
+        }
+        if let Some(Value::Sequence(rules)) = map.get_mut("rules") {
+            rules.retain(|r| r.get("on").and_then(Value::as_str) == Some("token"));
+        }
+        // No token rules and no `rules:` key are the same thing.
+        if map
+            .get("rules")
+            .is_some_and(|r| r.as_sequence().is_some_and(Vec::is_empty))
+        {
+            map.remove("rules");
+        }
+    }
+    value
 }
 
 #[cfg(test)]

@@ -327,6 +327,7 @@ for_every_store!(
     a_connect_link_is_used_once,
     claims_take_listed_due_rows_within_the_fleet_cap,
     concurrent_claims_never_share_a_row_or_exceed_the_cap,
+    a_cooldown_keeps_its_later_end_and_ended_ones_are_not_listed,
 );
 
 pub async fn a_connect_state_is_taken_once_even_under_a_race(s: &dyn Store) {
@@ -531,4 +532,31 @@ pub async fn concurrent_claims_never_share_a_row_or_exceed_the_cap(s: &dyn Store
     let distinct: std::collections::BTreeSet<_> = all.iter().collect();
     assert_eq!(distinct.len(), all.len(), "a row claimed twice: {all:?}");
     assert_eq!(all.len(), 16, "the three claims fill the cap exactly");
+}
+
+pub async fn a_cooldown_keeps_its_later_end_and_ended_ones_are_not_listed(s: &dyn Store) {
+    let now = now_ms();
+    let cooldown = |connection: Option<&str>, until| Cooldown {
+        integration: "slack".into(),
+        connection: connection.map(str::to_string),
+        until,
+    };
+    s.put_cooldown(&cooldown(Some("a"), now + 5_000))
+        .await
+        .unwrap();
+    s.put_cooldown(&cooldown(Some("a"), now + 2_000))
+        .await
+        .unwrap();
+    s.put_cooldown(&cooldown(None, now + 1_000)).await.unwrap();
+    s.put_cooldown(&cooldown(Some("b"), now - 1)).await.unwrap();
+    let mut running = s.cooldowns(now).await.unwrap();
+    running.sort_by_key(|c| c.until);
+    assert_eq!(
+        running,
+        [
+            cooldown(None, now + 1_000),
+            cooldown(Some("a"), now + 5_000)
+        ]
+    );
+    assert_eq!(s.cooldowns(now + 1_000).await.unwrap().len(), 1);
 }

@@ -12,6 +12,7 @@
 mod census;
 #[cfg(test)]
 mod conformance;
+mod cooldowns;
 mod error;
 pub mod events;
 mod lease;
@@ -350,4 +351,18 @@ pub trait Store: Send + Sync + 'static {
         expires_at: i64,
         now: i64,
     ) -> Result<bool, StoreError>;
+    /// Records a cooldown; of two for the same connection (or integration) the later end wins.
+    /// Ended ones are swept.
+    async fn put_cooldown(&self, cooldown: &Cooldown) -> Result<(), StoreError>;
+    /// The cooldowns still running at `now`.
+    async fn cooldowns(&self, now: i64) -> Result<Vec<Cooldown>, StoreError>;
+}
+
+/// A provider's rate limit remembered: no call to `integration` (for `connection`, or for any
+/// when `None`) before `until` (ms since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cooldown {
+    pub integration: String,
+    pub connection: Option<String>,
+    pub until: i64,
 }

@@ -66,8 +66,8 @@ macro_rules! sql_store {
             use $crate::store::rows::{minted_kinds, COLUMNS, DELIVERY_COLUMNS};
             use $crate::store::sql::{Dialect, SqlStore};
             use $crate::store::{
-                Claim, ConnectState, ConnectionRow, Delivery, DeliveryResult, LastError, ListQuery,
-                Outbox, Status, Store, StoreError, Taken, Transition, TransitionRecord,
+                Claim, ConnectState, ConnectionRow, Cooldown, Delivery, DeliveryResult, LastError,
+                ListQuery, Outbox, Status, Store, StoreError, Taken, Transition, TransitionRecord,
             };
 
             type Db = $db;
@@ -86,6 +86,7 @@ macro_rules! sql_store {
             $crate::store::lease::lease_statements!();
             $crate::store::sql::delivery_statements!();
             $crate::store::census::census_statements!();
+            $crate::store::cooldowns::cooldown_statements!();
 
             #[async_trait]
             impl Store for SqlStore<Db> {
@@ -235,6 +236,14 @@ macro_rules! sql_store {
                     now: i64,
                 ) -> Result<bool, StoreError> {
                     use_link(&self.pool, hash, expires_at, now).await
+                }
+
+                async fn put_cooldown(&self, c: &Cooldown) -> Result<(), StoreError> {
+                    put_cooldown(&self.pool, c).await
+                }
+
+                async fn cooldowns(&self, now: i64) -> Result<Vec<Cooldown>, StoreError> {
+                    cooldowns(&self.pool, now).await
                 }
             }
         }
