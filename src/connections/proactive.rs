@@ -66,20 +66,19 @@ impl Refresher {
     }
 
     /// The scanned rows whose time has come (each connection gets its own point within the
-    /// window, so a fleet created at once does not refresh at once) and that this process is
-    /// not already renewing.
+    /// window, so a fleet created at once does not refresh at once). A row being renewed holds
+    /// its lease, so the scan has left it out already.
     fn due_now(&self, rows: &[ConnectionRow], now: i64) -> Pending {
         let configured = (
             self.config.window_min.as_millis() as i64,
             self.config.window_max.as_millis() as i64,
         );
-        let queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
         let mut pending = Pending::new();
         for row in rows {
             let (min, max) = timing::window(configured, row.updated_at, row.expires_at);
             let threshold = min + jitter(max - min + 1);
             let due = row.expires_at.is_some_and(|e| e - now <= threshold);
-            if due && self.proactive.contains_key(&row.integration) && !queued.contains(&row.id) {
+            if due && self.proactive.contains_key(&row.integration) {
                 pending
                     .entry(row.integration.clone())
                     .or_default()
@@ -134,17 +133,9 @@ impl Refresher {
             let Ok(permit) = budget.clone().try_acquire_owned() else {
                 return true;
             };
-            self.queued
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id.clone());
             let (me, id, version, owner) = (self.clone(), id.clone(), *version, owner.clone());
             self.runtime.spawn(async move {
                 let _ = me.refresh_with(&id, version, false, Some(owner)).await;
-                me.queued
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
                 drop(permit);
                 me.freed.notify_one();
             });

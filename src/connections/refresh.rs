@@ -40,8 +40,6 @@ pub struct Refresher {
     /// Per integration, the proactive loop's own budget (kept apart from `caps`, which the
     /// refresh itself takes).
     pub(super) proactive: HashMap<String, Arc<Semaphore>>,
-    /// Connections the proactive loop has started on and not finished.
-    pub(super) queued: Mutex<std::collections::HashSet<String>>,
     /// Signalled when a proactive refresh ends: its permit is free for the next claim.
     pub(super) freed: tokio::sync::Notify,
     token_calls: AtomicU64,
@@ -86,7 +84,6 @@ impl Refresher {
             flights: Mutex::new(HashMap::new()),
             caps,
             proactive,
-            queued: Mutex::new(std::collections::HashSet::new()),
             freed: tokio::sync::Notify::new(),
             token_calls: AtomicU64::new(0),
         }
