@@ -322,6 +322,7 @@ for_every_store!(
     outbox_events_are_written_with_their_transition,
     a_config_error_episode_is_one_event,
     leases_are_capped_per_integration,
+    a_lease_frees_its_slot_however_it_ends,
     a_connect_state_is_taken_once_even_under_a_race,
     a_browser_bound_state_is_taken_only_with_its_proof,
     a_connect_link_is_used_once,
@@ -443,6 +444,37 @@ pub async fn leases_are_capped_per_integration(s: &dyn Store) {
             .await
             .unwrap(),
         "expired leases do not count"
+    );
+}
+
+/// The cap is kept in slots (migration 0008): renewing a lease keeps its slot, and a lease
+/// ended by a refresh's write (not by `release_lease`) or by a deleted row frees its slot too.
+pub async fn a_lease_frees_its_slot_however_it_ends(s: &dyn Store) {
+    for id in ["a", "b", "c"] {
+        s.put(row(id), None).await.unwrap();
+    }
+    let now = now_ms();
+    let lease =
+        |id: &'static str, owner: &'static str| s.acquire_lease(id, owner, now, now + 9000, 1);
+    assert!(lease("a", "p1").await.unwrap());
+    for _ in 0..3 {
+        assert!(lease("a", "p1").await.unwrap(), "renewed in its own slot");
+    }
+    assert!(!lease("b", "p2").await.unwrap(), "the only slot is a's");
+    let mut written = s.get("a").await.unwrap().unwrap();
+    let version = written.version;
+    written.version += 1;
+    written.lease_owner = None;
+    written.lease_until = None;
+    assert!(s.cas(&written, version, None).await.unwrap());
+    assert!(
+        lease("b", "p2").await.unwrap(),
+        "a refresh's write ended a's lease and freed the slot"
+    );
+    assert!(s.delete("b").await.unwrap());
+    assert!(
+        lease("c", "p3").await.unwrap(),
+        "a deleted connection's lease holds no slot"
     );
 }
 
