@@ -140,6 +140,7 @@ impl App {
         };
         let connect_addr = serve_public(config, &connect, &control, &stop_rx)?;
         control.spawn(refresher.clone().run_proactive());
+        control.spawn(crate::memory::release_periodically(Duration::from_secs(30)));
         control.spawn(proxy.clone().sync_cooldowns(config.ratelimit.sync_interval));
         let deliverer = Deliverer::new(
             store.clone(),

@@ -8,7 +8,7 @@
 //!
 //! 1. leaves: [`body`] (body types, idle timeouts), [`template`] (URL templates, joining, host
 //!    and `return_to` allow-lists), [`time`] (clock, RFC 3339), [`retry_after`] (when to try
-//!    again);
+//!    again), [`memory`] (freed heap back to the OS);
 //! 2. [`config`] (typed config, parsed once);
 //! 3. [`callers`], [`listener`], [`telemetry`], [`upstream`], [`traces`]: who may call,
 //!    accepting sockets, logs and metrics, the outbound client, the OpenTelemetry exporter;
@@ -34,6 +34,7 @@ pub mod config;
 pub mod connect;
 pub mod connections;
 pub mod listener;
+pub mod memory;
 pub mod proxy;
 pub mod reload;
 pub mod retry_after;

@@ -39,6 +39,13 @@ impl Admin {
 
     /// A batch import: `200 {"imported", "failed": [{"index", "id", "error", "message"}]}`.
     pub(super) async fn batch(&self, req: Request<Incoming>) -> Response<Body> {
+        let response = self.import(req).await;
+        // The body and every sealed chunk are freed by now: up to the body limit at once.
+        crate::memory::release_free_heap();
+        response
+    }
+
+    async fn import(&self, req: Request<Incoming>) -> Response<Body> {
         let body = match read_body(req.into_body(), BATCH_LIMIT).await {
             Ok(b) => b,
             Err(resp) => return resp,

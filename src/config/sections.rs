@@ -592,5 +592,5 @@ pub(super) fn default_max_sequence() -> usize {
     100_000
 }
 pub(super) fn default_cache_size() -> ByteSize {
-    ByteSize(32 << 20)
+    ByteSize(24 << 20)
 }
