@@ -404,7 +404,8 @@ async fn three_replicas_refresh_a_thousand_due_connections_once_each_within_the_
         .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap();
-        assert_eq!(send(req).await.status, 200);
+        let answer = send(req).await;
+        assert_eq!(answer.status, 200, "PUT due_{i}: {:?}", answer.body);
     }
     let started = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(60);
