@@ -8,7 +8,8 @@ size N on a fresh store: the idle RSS of a fresh process; the batch-import rate 
 (`POST /v1/connections/batch`, NDJSON); RSS after the import; the time to refresh `--due`
 connections that become due at once (the per-integration cap at 16) against the local endpoint;
 and p50/p99 of proxied requests spread over min(N, 100k) distinct connections against the same
-with one connection (wrk, same run). Speed is measured here, never asserted in tests; compare
+with one connection (wrk, same run); last, the RSS of a process restarted on the same store after
+the same spread (the steady state, with no import in the process's past). Speed is measured here, never asserted in tests; compare
 figures within one run, and across sizes for growth.
 """
 import argparse, http.server, json, os, socket, socketserver, subprocess, sys, tempfile, threading, time, urllib.request
@@ -153,6 +154,13 @@ def one_size(n, args, store_line):
             other.wait()
     proc.terminate()
     proc.wait()
+    # The steady state: a process started on the N stored connections (no import in its past)
+    # serving the same spread of min(N, 100k) of them.
+    proc = start_grantd(dir, store_line)
+    wrk(spread, args.seconds)
+    row["rss_restarted_after_traffic_mib"] = rss_kib(proc.pid) / 1024
+    proc.terminate()
+    proc.wait()
     return row
 
 
@@ -181,12 +189,12 @@ def main():
             store_line = f"store: {{ url: 'postgres://postgres@127.0.0.1:5432/test', schema: {schema} }}"
         rows.append(one_size(n, args, store_line))
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\n| N ({args.store}) | idle RSS | import/s | RSS after import | RSS after traffic | requests spread | p50/p99 spread (ms) | p50/p99 one (ms) | CPU per idle scan | due refreshes/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\n| N ({args.store}) | idle RSS | import/s | RSS after import | RSS after traffic | RSS restarted, after traffic | requests spread | p50/p99 spread (ms) | p50/p99 one (ms) | CPU per idle scan | due refreshes/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         s, o = r["p50_p99_ms_spread"], r["p50_p99_ms_one"]
         print(f"| {r['n']:,} | {r['idle_rss_mib']:.1f} MiB | {r['import_per_s']:,.0f} | {r['rss_after_import_mib']:.1f} MiB | "
-              f"{r['rss_after_traffic_mib']:.1f} MiB | {s.get('requests', 0):,} | {s.get('50%', 0):.2f} / {s.get('99%', 0):.2f} | "
+              f"{r['rss_after_traffic_mib']:.1f} MiB | {r['rss_restarted_after_traffic_mib']:.1f} MiB | {s.get('requests', 0):,} | {s.get('50%', 0):.2f} / {s.get('99%', 0):.2f} | "
               f"{o.get('50%', 0):.2f} / {o.get('99%', 0):.2f} | {r['idle_cpu_ms_per_scan']:.1f} ms | "
               f"{', '.join(str(d) for d in r['due_refresh_per_s'])}"
               + (f" (fleet of {args.replicas}: {', '.join(str(d) for d in r['due_refresh_per_s_fleet'])})"

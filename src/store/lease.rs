@@ -176,7 +176,10 @@ macro_rules! lease_statements {
                   AND id IN ({marks}) ORDER BY expires_at LIMIT ?{skip}) RETURNING id"
             );
             let statement = q(&statement);
+            // Not kept prepared: its text changes with the number of ids, and each connection
+            // would cache up to 100 variants of a statement with hundreds of parameters.
             let mut claim = sqlx::query_scalar::<_, String>(&statement)
+                .persistent(false)
                 .bind(c.owner)
                 .bind(c.until)
                 .bind(c.integration)
