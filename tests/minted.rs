@@ -52,7 +52,9 @@ async fn client_credentials_are_minted_once_under_load_renewed_early_and_revoked
          "redirect_uris": [], "response_types": [], "scope": "api.read",
          "token_endpoint_auth_method": "client_secret_basic"}
     ]);
-    let Some(server) = authz::AuthzServer::start(clients, 4) else {
+    // Tokens live 10 s and are renewed when 2 s remain: the 1,000 requests below finish long
+    // before (with 4 s tokens a loaded CI machine saw the renewal land among them).
+    let Some(server) = authz::AuthzServer::start(clients, 10) else {
         return; // skipped loudly by AuthzServer::start (fails under CI=true)
     };
     let (recv, raddr) = Receiver::start(0).await;
@@ -87,8 +89,15 @@ async fn client_credentials_are_minted_once_under_load_renewed_early_and_revoked
     assert_eq!(server.token_calls("client_credentials").await, 1);
     let first = tokens.into_iter().next().unwrap();
 
-    // Renewed by the proactive loop before the 4 s lifetime ends.
-    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    // Renewed by the proactive loop before the 10 s lifetime ends, once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.token_calls("client_credentials").await < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proactive loop renewed the token within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(server.token_calls("client_credentials").await, 2);
     let second = token_seen(&call(&g, "svc", "tenant_a").await);
     assert_ne!(second, first);
