@@ -42,8 +42,8 @@ impl SqlStore<Sqlite> {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(busy_timeout)
             // 1 MiB of page cache per connection instead of SQLite's 2 MiB: the file's pages are
-            // in the OS page cache anyway, and four full caches were 8 MiB of the process's RSS
-            // with 1M connections stored (`bench/scale.py`; a miss is one `pread`).
+            // in the OS page cache anyway (a miss is one `pread`). Four caches may hold 8 MiB;
+            // at 1M connections stored this saved 2 MiB of RSS (`bench/scale.py`).
             .pragma("cache_size", "-1024");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
