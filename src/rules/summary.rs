@@ -1,5 +1,6 @@
-//! The provider library at a glance, for people: one row per integration with its auth style,
-//! the connection metadata it needs, and how many rules and tests it has. `grantd providers`
+//! The provider library at a glance, for people: one row per integration with the name end users
+//! see on the connect pages, its auth style, the connection metadata it needs, and how many rules
+//! and tests it has. `grantd providers`
 //! prints it, and the README's provider table is this output (a test fails when they drift).
 //!
 //! Reads loaded rule sets only; it must not load files or touch the config.
@@ -12,7 +13,7 @@ use crate::template::Template;
 /// The markdown table of every integration, ordered by name.
 pub fn table(sets: &BTreeMap<String, RuleSet>) -> String {
     let mut out = String::from(
-        "| integration | what | auth | connection metadata | API rules | token rules | tests |\n|---|---|---|---|---|---|---|\n",
+        "| integration | shown as | what | auth | connection metadata | API rules | token rules | tests |\n|---|---|---|---|---|---|---|---|\n",
     );
     for (name, set) in sets.iter().filter(|(n, _)| *n != super::file::BASE) {
         // The file's own rules; the inherited base is the same for every file.
@@ -45,7 +46,8 @@ pub fn table(sets: &BTreeMap<String, RuleSet>) -> String {
             false => kinds.join(", "),
         };
         out.push_str(&format!(
-            "| `{name}` | {} | {auth} | {} | {} | {} | {} |\n",
+            "| `{name}` | {} | {} | {auth} | {} | {} | {} | {} |\n",
+            set.display_name.replace('|', "/"),
             set.description.as_deref().unwrap_or("").replace('|', "/"),
             metadata_keys(set),
             rules(Endpoint::Api),
@@ -86,13 +88,13 @@ mod tests {
 
     #[test]
     fn a_row_names_auth_metadata_and_counts() {
-        let text = "integration: zd\ndescription: Zendesk | Support\nbase_url: \"https://{metadata.subdomain}.zendesk.com/api/v2\"\nallowed_hosts: [\"*.zendesk.com\"]\nauth:\n  token_url: \"https://{metadata.subdomain}.zendesk.com/oauth/tokens\"\n  client_auth: basic\nrules:\n  - name: r\n    expr: '1'\n  - name: t\n    on: token\n    expr: '1'\n";
+        let text = "integration: zd\ndisplay_name: Zendesk\ndescription: Zendesk | Support\nbase_url: \"https://{metadata.subdomain}.zendesk.com/api/v2\"\nallowed_hosts: [\"*.zendesk.com\"]\nauth:\n  token_url: \"https://{metadata.subdomain}.zendesk.com/oauth/tokens\"\n  client_auth: basic\nrules:\n  - name: r\n    expr: '1'\n  - name: t\n    on: token\n    expr: '1'\n";
         let set = crate::rules::file::parse("zd.yaml", text, Some("zd")).unwrap();
         let sets = BTreeMap::from([("zd".to_string(), set)]);
         let row = table(&sets).lines().nth(2).unwrap().to_string();
         assert_eq!(
             row,
-            "| `zd` | Zendesk / Support | OAuth 2.0 (basic) | `subdomain` | 1 | 1 | 0 |"
+            "| `zd` | Zendesk | Zendesk / Support | OAuth 2.0 (basic) | `subdomain` | 1 | 1 | 0 |"
         );
     }
 }
