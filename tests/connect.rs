@@ -501,7 +501,7 @@ async fn on_postgresql_a_callback_may_land_on_another_replica_and_still_counts_o
         return;
     };
     // Replica B shares the store and the public URL (one load balancer in front of both).
-    let b = replica(&w.authz, free_port(), w.public.port(), "", Some(&store));
+    let b = replica(&w.authz, unused_port(), w.public.port(), "", Some(&store));
     let b_public = b.app.as_ref().unwrap().connect_addr.unwrap();
     let started = w
         .connect_url(

@@ -248,11 +248,7 @@ async fn counting_receiver(port: u16) -> Arc<Mutex<Vec<(String, String)>>> {
 async fn an_event_survives_kill_9_between_transition_and_delivery() {
     let p = Provider::start().await;
     // The receiver's port, free for now: every delivery attempt before the restart is refused.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = unused_port();
     let dir = tempfile::tempdir().unwrap();
     let callbacks = format!(
         "callbacks:\n  retry_base: 100ms\n  retry_max: 300ms\n  poll_interval: 20ms\n  endpoints:\n    - url: \"http://127.0.0.1:{port}/hook\"\n      secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw]\n"
@@ -345,11 +341,7 @@ async fn three_replicas_on_postgres_deliver_one_event_for_one_transition() {
         return;
     };
     let p = Provider::start().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = unused_port();
     let seen = counting_receiver(port).await;
     let callbacks = format!(
         "callbacks:\n  retry_base: 100ms\n  poll_interval: 20ms\n  endpoints:\n    - url: \"http://127.0.0.1:{port}/hook\"\n      secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw]\n"

@@ -335,3 +335,21 @@ fn rand_suffix() -> u128 {
         .as_nanos()
         % 1_000_000_000
 }
+
+/// A port to bind later, for the few tests that must know it first (a redirect URI registered
+/// before grantd starts, a receiver that comes up after the sender). Taken below Linux's
+/// ephemeral range (32768+), so an outgoing connection of a parallel test cannot take it in
+/// between, as one did in CI with a port from `bind(":0")` (`connect.listen`: address in use).
+pub fn unused_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id()),
+        );
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}

@@ -25,16 +25,6 @@ pub(crate) struct World {
     pub(crate) receiver: Arc<Receiver>,
 }
 
-/// A port for grantd's public listener, known before the authorization server registers its
-/// redirect URI (the one place a test needs a port before binding it).
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 pub(crate) fn rule_file(name: &str, authz: SocketAddr, client_auth: &str) -> String {
     format!(
         r#"integration: {name}
@@ -70,7 +60,7 @@ pub(crate) async fn world_on(
     extra: &str,
     store: Option<&str>,
 ) -> Option<World> {
-    let port = free_port();
+    let port = unused_port();
     let redirect = format!("http://127.0.0.1:{port}/oauth/callback");
     let client = |id: &str, secret: &str, method: &str| {
         serde_json::json!({
