@@ -20,16 +20,6 @@ fn start(p: &Provider, extra: &str) -> Grantd {
         .start()
 }
 
-/// Imports a connection whose access token is already expired.
-async fn put_expired(g: &Grantd, id: &str, refresh: &str) {
-    let body = serde_json::json!({
-        "integration": "lab",
-        "credentials": {"access_token": "at-stale", "refresh_token": refresh, "expires_in": 0}
-    });
-    let got = admin(g.admin, "PUT", &format!("/v1/connections/{id}"), Some(body)).await;
-    assert_eq!(got.status, 200, "{:?}", String::from_utf8_lossy(&got.body));
-}
-
 async fn call(g: &Grantd, id: &str) -> Got {
     let req = Request::get(format!("http://{}/lab/whoami", g.addr))
         .header("grantd-connection", id)

@@ -37,6 +37,16 @@ rules:
       body.ok = false ? {"status": 418
 "#;
 
+/// grantd with `lab` on [`provider`], its rule file answering 401 as version `v1`.
+async fn lab_on_provider() -> Grantd {
+    let up = provider().await;
+    grantd(&format!(
+        "integrations:\n  lab: {{ base_url: \"http://{up}\" }}\n"
+    ))
+    .rule_file("lab.yaml", &rules(401, "v1"))
+    .start()
+}
+
 /// Answers `{"ok":false}`; `/slow` after 2 s.
 async fn provider() -> SocketAddr {
     upstream(handler(
@@ -100,12 +110,7 @@ fn traffic(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_edited_under_traffic_applies_within_a_second_and_no_request_fails() {
-    let up = provider().await;
-    let g = grantd(&format!(
-        "integrations:\n  lab: {{ base_url: \"http://{up}\" }}\n"
-    ))
-    .rule_file("lab.yaml", &rules(401, "v1"))
-    .start();
+    let g = lab_on_provider().await;
     let file = g.dir.path().join("rules/lab.yaml");
     assert_eq!(version(g.addr).await, (401, Some("v1".into())));
 
@@ -152,12 +157,7 @@ async fn a_rule_edited_under_traffic_applies_within_a_second_and_no_request_fail
 
 #[tokio::test]
 async fn a_request_in_flight_during_a_reload_finishes_on_the_rules_it_started_with() {
-    let up = provider().await;
-    let g = grantd(&format!(
-        "integrations:\n  lab: {{ base_url: \"http://{up}\" }}\n"
-    ))
-    .rule_file("lab.yaml", &rules(401, "v1"))
-    .start();
+    let g = lab_on_provider().await;
     let addr = g.addr;
     let slow = tokio::spawn(async move { get(addr, "/lab/slow").await });
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -174,12 +174,7 @@ async fn a_request_in_flight_during_a_reload_finishes_on_the_rules_it_started_wi
 
 #[tokio::test]
 async fn a_reload_that_changes_what_only_a_restart_applies_is_refused() {
-    let up = provider().await;
-    let g = grantd(&format!(
-        "integrations:\n  lab: {{ base_url: \"http://{up}\" }}\n"
-    ))
-    .rule_file("lab.yaml", &rules(401, "v1"))
-    .start();
+    let g = lab_on_provider().await;
     let file = g.dir.path().join("rules/lab.yaml");
     // A new auth section would change the refresher's view of the integration.
     let with_auth = rules(403, "v2").replace(

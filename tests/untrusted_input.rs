@@ -25,16 +25,6 @@ async fn put(g: &Grantd, id: &str, credentials: serde_json::Value) -> Got {
     admin(g.admin, "PUT", &format!("/v1/connections/{id}"), Some(body)).await
 }
 
-async fn put_expired(g: &Grantd, id: &str, refresh: &str) {
-    let got = put(
-        g,
-        id,
-        json!({"access_token": "at-stale", "refresh_token": refresh, "expires_in": 0}),
-    )
-    .await;
-    assert_eq!(got.status, 200, "{:?}", String::from_utf8_lossy(&got.body));
-}
-
 async fn call(g: &Grantd, id: &str) -> u16 {
     let req = Request::get(format!("http://{}/lab/whoami", g.addr))
         .header("grantd-connection", id)

@@ -353,3 +353,13 @@ pub fn unused_port() -> u16 {
         }
     }
 }
+
+/// Imports a `lab` connection whose access token is already expired (the next request refreshes).
+pub async fn put_expired(g: &Grantd, id: &str, refresh: &str) {
+    let body = serde_json::json!({
+        "integration": "lab",
+        "credentials": {"access_token": "at-stale", "refresh_token": refresh, "expires_in": 0}
+    });
+    let got = admin(g.admin, "PUT", &format!("/v1/connections/{id}"), Some(body)).await;
+    assert_eq!(got.status, 200, "{:?}", String::from_utf8_lossy(&got.body));
+}
