@@ -5,14 +5,15 @@ Usage: python3 bench/proxy.py [--seconds 10] [--connections 32]
 
 Installs wrk and nginx from Debian if missing, builds grantd and the fake provider in release
 mode, then for each target runs wrk against a 1 KiB JSON response on 127.0.0.1 and reports
-requests/s, p50/p99 latency and CPU microseconds per request of the serving process(es)
-(utime+stime from /proc, so the load generator's own CPU is excluded). Ratios are against
+requests/s, p50/p99 latency, CPU microseconds per request of the serving process(es)
+(utime+stime from /proc, so the load generator's own CPU is excluded) and their context
+switches per request (all threads). Ratios are against
 nginx and against grantd pass-through measured in the same run: trust them over absolutes.
 """
-import argparse, os, re, shutil, signal, subprocess, sys, tempfile, time, urllib.request
+import argparse, glob, os, re, shutil, signal, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PORTS = {"upstream": 19900, "nginx": 19901, "pass": 19902, "rule": 19903, "slack": 19904, "bare": 19905, "admin": 19906}
+PORTS = {"upstream": 19900, "nginx": 19901, "pass": 19902, "rule": 19903, "slack": 19904, "bare": 19905, "affine": 19907, "admin": 19906}
 TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
 BENCH_KEY = "YmVuY2gta2V5LWJlbmNoLWtleS1iZW5jaC1rZXktISE="  # 32 bytes, benchmark only
 
@@ -45,6 +46,21 @@ def cpu_ticks(pids):
     return total
 
 
+def switches(pids):
+    """Context switches (voluntary + involuntary) of every thread of `pids`: each one is a
+    thread that went to sleep or was preempted, which is where the kernel's share goes."""
+    total = 0
+    for pid in pids:
+        for status in glob.glob(f"/proc/{pid}/task/*/status"):
+            try:
+                for line in open(status):
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+            except FileNotFoundError:
+                pass
+    return total
+
+
 def children(pid):
     try:
         out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
@@ -73,10 +89,11 @@ def to_ms(text):
 def wrk(url, seconds, connections, pids, headers=()):
     extra = [a for h in headers for a in ("-H", h)]
     subprocess.run(["wrk", "-t1", f"-c{connections}", "-d2s", *extra, url], capture_output=True)  # warm-up
-    before = cpu_ticks(pids)
+    before, switched = cpu_ticks(pids), switches(pids)
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url],
                          capture_output=True, text=True, check=True).stdout
     cpu_us = (cpu_ticks(pids) - before) * TICK_US
+    switched = switches(pids) - switched
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
@@ -85,6 +102,7 @@ def wrk(url, seconds, connections, pids, headers=()):
         "p50": to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),
         "p99": to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),
         "cpu_us": cpu_us / requests,
+        "switches": switched / requests,
         "bad": (int(non2xx.group(1)) if non2xx else 0, errors.group(1) if errors else ""),
     }
 
@@ -95,7 +113,7 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     args = ap.parse_args()
     ensure_tools()
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "grantd", "--example", "fake_provider", "--example", "bare_proxy"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "grantd", "--example", "fake_provider", "--example", "bare_proxy", "--example", "affine_proxy"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="grantd-bench-")
     procs = []
     try:
@@ -125,6 +143,8 @@ http {{ access_log off; client_body_temp_path {work}/tmp; proxy_temp_path {work}
         shutil.copy(f"{ROOT}/rules/_base.yaml", f"{work}/rules/_base.yaml")
         bare = subprocess.Popen([f"{ROOT}/target/release/examples/bare_proxy", f"127.0.0.1:{PORTS['bare']}", up])
         procs.append(bare)
+        affine = subprocess.Popen([f"{ROOT}/target/release/examples/affine_proxy", f"127.0.0.1:{PORTS['affine']}", up])
+        procs.append(affine)
         grantd = {}
         for name in ("pass", "rule", "slack"):
             cfg = f"{work}/{name}.yaml"
@@ -149,6 +169,7 @@ http {{ access_log off; client_body_temp_path {work}/tmp; proxy_temp_path {work}
             ("direct", f"http://{up}/bench/json", [procs[0].pid]),
             ("nginx", f"http://127.0.0.1:{PORTS['nginx']}/bench/json", [nginx.pid, *children(nginx.pid)]),
             ("bare hyper proxy", f"http://127.0.0.1:{PORTS['bare']}/plain/bench/json", [bare.pid]),
+            ("affine hyper proxy", f"http://127.0.0.1:{PORTS['affine']}/plain/bench/json", [affine.pid]),
             ("grantd pass-through", f"http://127.0.0.1:{PORTS['pass']}/plain/bench/json", [grantd["pass"].pid]),
             ("grantd + connection", f"http://127.0.0.1:{PORTS['pass']}/plain/bench/json", [grantd["pass"].pid], ("Grantd-Connection: bench_1",)),
             ("grantd 1 rule", f"http://127.0.0.1:{PORTS['rule']}/one/bench/json", [grantd["rule"].pid]),
@@ -158,7 +179,7 @@ http {{ access_log off; client_body_temp_path {work}/tmp; proxy_temp_path {work}
         for _, url, _, _ in targets:
             wait_http(url)
         print(f"wrk -t1 -c{args.connections} -d{args.seconds}s, 1 KiB JSON, {os.cpu_count()} cores shared by load, proxy and upstream\n")
-        print(f"{'target':<24} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/req':>11} {'vs nginx':>9} {'vs pass':>8}")
+        print(f"{'target':<24} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/req':>11} {'vs nginx':>9} {'vs pass':>8} {'switches/req':>13}")
         results = {}
         for name, url, pids, headers in targets:
             r = wrk(url, args.seconds, args.connections, pids, headers)
@@ -166,10 +187,11 @@ http {{ access_log off; client_body_temp_path {work}/tmp; proxy_temp_path {work}
             vs_nginx = r["cpu_us"] / results["nginx"]["cpu_us"] if "nginx" in results else float("nan")
             vs_pass = r["cpu_us"] / results["grantd pass-through"]["cpu_us"] if "grantd pass-through" in results else float("nan")
             bad = "" if r["bad"] == (0, "") else f"  (non-2xx {r['bad'][0]} {r['bad'][1]})"
-            print(f"{name:<24} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['cpu_us']:>11.1f} {vs_nginx:>9.2f} {vs_pass:>8.2f}{bad}")
+            print(f"{name:<24} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['cpu_us']:>11.1f} {vs_nginx:>9.2f} {vs_pass:>8.2f} {r['switches']:>13.2f}{bad}")
         print("\nCPU µs/req counts only the serving process(es): the upstream for 'direct', nginx's workers, grantd.")
         print("'bare hyper proxy' is examples/bare_proxy.rs: hyper server + hyper-util client with no grantd logic (the floor).")
-        print("'grantd + connection' names a connection on every request: token looked up in memory and injected.")
+        print("'affine hyper proxy' is examples/affine_proxy.rs: one upstream connection per client connection, same task.")
+    print("'grantd + connection' names a connection on every request: token looked up in memory and injected.")
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
@@ -100,6 +101,10 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// How long after the listeners open start-up is over: the workers' first accepts and the control
+/// plane's first rounds take about a second on an idle store (measured with `bench/scale.py`).
+const START_UP_SETTLES: Duration = Duration::from_secs(5);
+
 fn serve(path: &Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -139,6 +144,7 @@ fn serve(path: &Path) -> ExitCode {
         Ok(app) => app,
         Err(e) => return fail(&format!("{e:#}")),
     };
+    rt.spawn(crate::memory::release_startup_code_after(START_UP_SETTLES));
     while rt.block_on(stop.wait()) == Signal::Reload {
         tracing::info!("SIGHUP: reloading rule files");
         app.reload();
