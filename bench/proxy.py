@@ -191,7 +191,7 @@ http {{ access_log off; client_body_temp_path {work}/tmp; proxy_temp_path {work}
         print("\nCPU µs/req counts only the serving process(es): the upstream for 'direct', nginx's workers, grantd.")
         print("'bare hyper proxy' is examples/bare_proxy.rs: hyper server + hyper-util client with no grantd logic (the floor).")
         print("'affine hyper proxy' is examples/affine_proxy.rs: one upstream connection per client connection, same task.")
-    print("'grantd + connection' names a connection on every request: token looked up in memory and injected.")
+        print("'grantd + connection' names a connection on every request: token looked up in memory and injected.")
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
