@@ -7,7 +7,8 @@
 //! **Start-up code:** start-up runs code from all over the binary once (CLI, YAML, rule
 //! compilation, migrations, TLS roots) and the kernel maps 64 KiB around every page it faults
 //! in, so a fresh process held ~8 MiB of its 11 MiB of code that serving never runs again.
-//! Dropping the binary's read-only mappings once start-up is over leaves only what runs after.
+//! Dropping the clean file mappings (the binary's and its libraries' code and read-only data)
+//! once start-up is over leaves only what runs after.
 //! The trim is a no-op off glibc, the unmapping off Linux. Imports nothing of ours.
 
 use std::time::Duration;
@@ -21,27 +22,33 @@ pub fn release_free_heap() {
     }
 }
 
-/// Drops this process's mappings of its own binary's code and read-only data (the file-backed
-/// `r-xp` segment and the `r--p` segment at offset 0), once start-up is over; returns the
-/// bytes advised. Those pages are clean copies of the file, still in the page cache: whatever
-/// runs next faults its pages back in (a minor fault, no disk read). The relocated read-only
-/// data (RELRO) and the writable segments are private, written memory and are left alone.
+/// Drops this process's clean file mappings (code and read-only data of the binary and of the
+/// libraries it loaded) once start-up is over; returns the bytes advised. A private mapping that
+/// is not writable and holds no anonymous (copied-on-write) page is an exact copy of its file,
+/// still in the page cache: whatever runs next faults its pages back in (a minor fault, no disk
+/// read). RELRO (relocated by the loader, so holding anonymous pages), writable and shared
+/// mappings are left alone.
 pub fn release_startup_code() -> usize {
     #[cfg(target_os = "linux")]
     {
-        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
             return 0;
         };
         let mut released = 0;
-        for (start, end) in own_clean_segments(&maps, release_startup_code as *const () as usize) {
-            // SAFETY: the range is a private, never-written file mapping of our own binary, so
-            // MADV_DONTNEED only drops page-table entries; the next access maps the identical
-            // file page again. Nothing in it was written, so nothing is lost.
-            if unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED)
-            } == 0
-            {
-                released += end - start;
+        for m in clean_file_mappings(&smaps) {
+            // SAFETY: a private file mapping that cannot be written and has no anonymous page:
+            // MADV_DONTNEED only drops page-table entries, the next access maps the identical
+            // file page again, and nothing written is lost. Its Anonymous count cannot change
+            // between the read above and this call, since nothing can write to it.
+            let advised = unsafe {
+                libc::madvise(
+                    m.start as *mut libc::c_void,
+                    m.end - m.start,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            if advised == 0 {
+                released += m.end - m.start;
             }
         }
         released
@@ -50,39 +57,54 @@ pub fn release_startup_code() -> usize {
     0
 }
 
-/// The `(start, end)` of the binary's clean segments in `/proc/self/maps` text: the mappings
-/// of the file that holds `code` (an address in our own text) that are `r-xp`, or `r--p` at
-/// offset 0. Other `r--p` mappings of the file are RELRO, written by the dynamic loader.
+/// A mapping from `/proc/self/smaps`, with its resident bytes.
 #[cfg(target_os = "linux")]
-fn own_clean_segments(maps: &str, code: usize) -> Vec<(usize, usize)> {
-    let parsed: Vec<(usize, usize, &str, &str, &str)> = maps
-        .lines()
-        .filter_map(|line| {
-            let mut f = line.split_whitespace();
-            let (range, perms, offset) = (f.next()?, f.next()?, f.next()?);
-            let path = f.nth(2)?; // after dev and inode
-            let (start, end) = range.split_once('-')?;
-            let start = usize::from_str_radix(start, 16).ok()?;
-            let end = usize::from_str_radix(end, 16).ok()?;
-            Some((start, end, perms, offset, path))
-        })
-        .collect();
-    let Some(exe) = parsed
-        .iter()
-        .find(|(s, e, ..)| (*s..*e).contains(&code))
-        .map(|m| m.4)
-    else {
-        return Vec::new();
-    };
-    parsed
-        .iter()
-        .filter(|(_, _, perms, offset, path)| {
-            *path == exe
-                && (*perms == "r-xp"
-                    || (*perms == "r--p" && offset.trim_start_matches('0').is_empty()))
-        })
-        .map(|(s, e, ..)| (*s, *e))
-        .collect()
+#[derive(Debug, PartialEq)]
+struct Mapping {
+    start: usize,
+    end: usize,
+    rss: usize,
+}
+
+/// The private, read-only, file-backed mappings of `smaps` text with no anonymous page.
+#[cfg(target_os = "linux")]
+fn clean_file_mappings(smaps: &str) -> Vec<Mapping> {
+    let mut found = Vec::new();
+    // The mapping being read: kept while it qualifies, with its Rss once seen.
+    let mut current: Option<Mapping> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if let Some((start, end)) = first.split_once('-') {
+            let perms = fields.next().unwrap_or("");
+            let path = fields.nth(3).unwrap_or(""); // after offset, dev and inode
+            let clean = perms.len() == 4 && &perms[1..2] == "-" && perms.ends_with('p');
+            current = match (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            ) {
+                (Ok(start), Ok(end)) if clean && path.starts_with('/') => {
+                    Some(Mapping { start, end, rss: 0 })
+                }
+                _ => None,
+            };
+            continue;
+        }
+        let kib = fields.next().and_then(|v| v.parse::<usize>().ok());
+        match (first, current.as_mut()) {
+            ("Rss:", Some(m)) => m.rss = kib.unwrap_or(0) * 1024,
+            // The last of a mapping's fields this reads: a copied page rules the mapping out.
+            ("Anonymous:", Some(_)) => {
+                if kib == Some(0) {
+                    found.extend(current.take());
+                } else {
+                    current = None;
+                }
+            }
+            _ => {}
+        }
+    }
+    found
 }
 
 /// [`release_startup_code`] once start-up has settled, `delay` after the listeners opened: by
@@ -114,42 +136,30 @@ mod tests {
         pages * 4096
     }
 
-    /// Resident bytes of this binary's code mapping (`r-xp`), from `/proc/self/smaps`.
-    fn code_rss() -> usize {
+    /// Resident bytes of the mappings the release may drop.
+    fn clean_rss() -> usize {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let exe = std::fs::read_link("/proc/self/exe").unwrap();
-        let exe = exe.to_str().unwrap();
-        let mut in_code = false;
-        let mut total = 0;
-        for line in smaps.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields
-                .first()
-                .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
-            {
-                in_code = fields.get(1) == Some(&"r-xp") && fields.last() == Some(&exe);
-            } else if in_code && fields.first() == Some(&"Rss:") {
-                total += fields[1].parse::<usize>().unwrap() * 1024;
-            }
-        }
-        total
+        super::clean_file_mappings(&smaps)
+            .iter()
+            .map(|m| m.rss)
+            .sum()
     }
 
     #[test]
     fn start_up_code_leaves_the_process_and_what_runs_next_comes_back() {
-        // Every page of the binary's clean segments is made resident first (read, not run),
-        // so the figure does not depend on how much code other tests' threads have run.
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        let segments = super::own_clean_segments(&maps, code_rss as *const () as usize);
-        for &(start, end) in &segments {
-            for page in (start..end).step_by(4096) {
-                // SAFETY: a readable mapping of our own binary, from /proc/self/maps.
+        // Every page of the clean mappings is made resident first (read, not run), so the
+        // figure does not depend on how much code other tests' threads have run.
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        for m in super::clean_file_mappings(&smaps) {
+            for page in (m.start..m.end).step_by(4096) {
+                // SAFETY: a readable mapping of this process, from /proc/self/smaps.
                 unsafe { std::ptr::read_volatile(page as *const u8) };
             }
         }
-        let before = code_rss();
+        let before = clean_rss();
         let released = super::release_startup_code();
-        let after = code_rss();
+        let after = clean_rss();
+        assert!(before > 8 << 20, "only {before} bytes were resident");
         assert!(
             released >= before,
             "advised {released} of {before} resident bytes"
@@ -157,7 +167,7 @@ mod tests {
         // Other tests' threads fault some code back in meanwhile; a quarter is far above that.
         assert!(
             after < before / 4,
-            "code RSS went from {before} to {after} bytes"
+            "clean RSS went from {before} to {after} bytes"
         );
         // Code that was dropped runs again: a fresh parse through code paths the call unmapped.
         let v: serde_json::Value = serde_json::from_str(r#"{"after":[1,2,3]}"#).unwrap();
@@ -165,28 +175,42 @@ mod tests {
     }
 
     #[test]
-    fn only_the_binarys_clean_segments_are_chosen() {
-        let maps = "\
-55d0a0000000-55d0a0321000 r--p 00000000 fe:01 42 /usr/bin/grantd
-55d0a0321000-55d0a0df6000 r-xp 00321000 fe:01 42 /usr/bin/grantd
-55d0a0df7000-55d0a0e53000 r--p 00df5000 fe:01 42 /usr/bin/grantd
-55d0a0e53000-55d0a0e5e000 rw-p 00e51000 fe:01 42 /usr/bin/grantd
-7f0000000000-7f0000028000 r--p 00000000 fe:01 7 /usr/lib/x86_64-linux-gnu/libc.so.6
-7f0000028000-7f000019d000 r-xp 00028000 fe:01 7 /usr/lib/x86_64-linux-gnu/libc.so.6
-7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
-";
-        let chosen = super::own_clean_segments(maps, 0x55d0a0400000);
+    fn only_clean_private_file_mappings_are_chosen() {
+        let entry = |range: &str, perms: &str, path: &str, rss: usize, anon: usize| {
+            format!(
+                "{range} {perms} 00000000 fe:01 42 {path}\nSize: 64 kB\nRss: {rss} kB\n\
+                 Pss: {rss} kB\nAnonymous: {anon} kB\nVmFlags: rd mr\n"
+            )
+        };
+        let smaps = [
+            entry("1000-3000", "r--p", "/usr/bin/grantd", 8, 0),
+            entry("3000-9000", "r-xp", "/usr/bin/grantd", 20, 0),
+            entry("9000-a000", "r--p", "/usr/bin/grantd", 4, 4), // RELRO: relocated
+            entry("a000-b000", "rw-p", "/usr/bin/grantd", 4, 4),
+            entry("b000-c000", "r--s", "/tmp/g.db-shm", 4, 0), // shared
+            entry("c000-d000", "rw-p", "[heap]", 4, 4),
+            entry("d000-e000", "r-xp", "", 4, 0), // anonymous code (a JIT)
+            entry(
+                "e000-f000",
+                "r-xp",
+                "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                4,
+                0,
+            ),
+        ]
+        .concat();
+        let chosen: Vec<(usize, usize, usize)> = super::clean_file_mappings(&smaps)
+            .iter()
+            .map(|m| (m.start, m.end, m.rss / 1024))
+            .collect();
         assert_eq!(
             chosen,
             [
-                (0x55d0a0000000, 0x55d0a0321000),
-                (0x55d0a0321000, 0x55d0a0df6000)
+                (0x1000, 0x3000, 8),
+                (0x3000, 0x9000, 20),
+                (0xe000, 0xf000, 4)
             ],
-            "offset-0 rodata and code of the binary only: not RELRO, data, libc or the stack"
-        );
-        assert!(
-            super::own_clean_segments(maps, 0x1000).is_empty(),
-            "an address in no mapping"
+            "the binary's rodata and code and libc's code; not RELRO, data, shared or anonymous"
         );
     }
 
