@@ -76,6 +76,7 @@ def ndjson(ids, expires_in):
 
 
 CACHE_LINE = ""
+BINARY = [f"{ROOT}/target/release/grantd"]
 
 
 def start_grantd(dir, store_line, replica=0):
@@ -90,7 +91,7 @@ def start_grantd(dir, store_line, replica=0):
         f"encryption: {{ key: {KEY} }}\nadmin: {{ listen: 127.0.0.1:{admin}, token: bench }}\n"
         "refresh: { max_concurrent_per_integration: 16, scan_interval: 1s }\n"
         f"integrations:\n  lab: {{ client_id: bench, client_secret: bench }}\n")
-    proc = subprocess.Popen([f"{ROOT}/target/release/grantd", "serve", "--config", f"{dir}/grantd.yaml"],
+    proc = subprocess.Popen([BINARY[0], "serve", "--config", f"{dir}/grantd.yaml"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_http(f"http://127.0.0.1:{proxy}/_grantd/healthz")
     return proc
@@ -177,6 +178,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=20, help="wrk duration; long enough to use 100k connections")
     ap.add_argument("--drains", type=int, default=3, help="repeated drains of --due connections")
     ap.add_argument("--replicas", type=int, default=1, help="also drain with this many processes (PostgreSQL)")
+    ap.add_argument("--binary", help="a grantd binary to measure instead of building this checkout (A/B runs)")
     ap.add_argument("--cache-size", help="store.cache_size (default: grantd's)")
     args = ap.parse_args()
     if args.replicas > 1 and args.store != "postgres":
@@ -184,7 +186,10 @@ def main():
     global CACHE_LINE
     CACHE_LINE = f", cache_size: {args.cache_size}" if args.cache_size else ""
     ensure_tools()
-    subprocess.run(["cargo", "build", "--release", "--bin", "grantd"], cwd=ROOT, check=True)
+    if args.binary:
+        BINARY[0] = os.path.abspath(args.binary)
+    else:
+        subprocess.run(["cargo", "build", "--release", "--bin", "grantd"], cwd=ROOT, check=True)
     threading.Thread(target=Server(("127.0.0.1", PORTS["fake"]), Fake).serve_forever, daemon=True).start()
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
