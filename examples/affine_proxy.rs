@@ -6,10 +6,11 @@
 //! `cargo run --release --example affine_proxy -- LISTEN UPSTREAM` forwards `/plain/...` to
 //! `http://UPSTREAM/...`, with the same write settings as grantd (flattened writes, nodelay).
 
-use std::convert::Infallible;
+#[path = "floor/mod.rs"]
+mod floor;
+
 use std::sync::{Arc, Mutex};
 
-use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 
 #[tokio::main(flavor = "current_thread")]
@@ -43,18 +44,7 @@ async fn main() -> std::io::Result<()> {
                     req.headers_mut().remove(http::header::CONNECTION);
                     req.headers_mut().insert(http::header::HOST, host);
                     let sent = sender.lock().expect("not poisoned").send_request(req);
-                    let resp = match sent.await {
-                        Ok(resp) => resp.map(|b| b.boxed()),
-                        Err(_) => http::Response::builder()
-                            .status(502)
-                            .body(
-                                http_body_util::Empty::new()
-                                    .map_err(|never: Infallible| match never {})
-                                    .boxed(),
-                            )
-                            .expect("valid response"),
-                    };
-                    Ok::<_, Infallible>(resp)
+                    floor::answer(sent.await)
                 }
             });
             let server = hyper::server::conn::http1::Builder::new()

@@ -4,9 +4,9 @@
 //! `cargo run --release --example bare_proxy -- LISTEN UPSTREAM` forwards `/plain/...` to
 //! `http://UPSTREAM/...`, with the same write settings as grantd (flattened writes, nodelay).
 
-use std::convert::Infallible;
+#[path = "floor/mod.rs"]
+mod floor;
 
-use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 #[tokio::main(flavor = "current_thread")]
@@ -33,18 +33,7 @@ async fn main() -> std::io::Result<()> {
                             .parse()
                             .expect("valid URI");
                         req.headers_mut().remove(http::header::HOST);
-                        let resp = match client.request(req).await {
-                            Ok(resp) => resp.map(|b| b.boxed()),
-                            Err(_) => http::Response::builder()
-                                .status(502)
-                                .body(
-                                    http_body_util::Empty::new()
-                                        .map_err(|never: Infallible| match never {})
-                                        .boxed(),
-                                )
-                                .expect("valid response"),
-                        };
-                        Ok::<_, Infallible>(resp)
+                        floor::answer(client.request(req).await)
                     }
                 },
             );
